@@ -1,0 +1,53 @@
+"""Model versions of upstream GPT-SoVITS and how a checkpoint announces its version."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Final
+
+
+class ModelVersion(str, Enum):
+    """Upstream model generations; the value is upstream's own spelling."""
+
+    V1 = "v1"
+    V2 = "v2"
+    V2PRO = "v2Pro"
+    V2PROPLUS = "v2ProPlus"
+    V3 = "v3"
+    V4 = "v4"
+
+    @property
+    def symbols_version(self) -> str:
+        """Symbol table of the text front end: v1 (322 symbols) or v2 (732)."""
+        return "v1" if self is ModelVersion.V1 else "v2"
+
+    @property
+    def is_pro(self) -> bool:
+        """v2Pro/v2ProPlus condition the synthesizer on a speaker-verification embedding."""
+        return self in (ModelVersion.V2PRO, ModelVersion.V2PROPLUS)
+
+    @classmethod
+    def parse(cls, name: str) -> ModelVersion:
+        """Case-insensitive lookup by upstream name (``"v2pro"`` → ``V2PRO``)."""
+        for member in cls:
+            if member.value.lower() == name.lower():
+                return member
+        accepted = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown model version {name!r}; accepted: {accepted}")
+
+
+# GPT-SoVITS process_ckpt.py replaces torch.save's leading b"PK" with a 2-byte tag.
+HEADER_VERSIONS: Final[dict[bytes, ModelVersion]] = {
+    b"00": ModelVersion.V1,
+    b"01": ModelVersion.V2,
+    b"02": ModelVersion.V3,
+    b"03": ModelVersion.V3,  # v3 LoRA
+    b"04": ModelVersion.V4,  # v4 LoRA
+    b"05": ModelVersion.V2PRO,
+    b"06": ModelVersion.V2PROPLUS,
+}
+VERSION_HEADERS: Final[dict[ModelVersion, bytes]] = {
+    ModelVersion.V2PRO: b"05",
+    ModelVersion.V2PROPLUS: b"06",
+}
+"""Tags upstream writes for full (non-LoRA) checkpoints; v1/v2 keep the plain b"PK"."""

@@ -1,0 +1,21 @@
+"""Exception types of gsv-rt: every user-facing failure is a GsvError with a one-line message."""
+
+
+class GsvError(Exception):
+    """Base class; the CLI prints its message on one line and exits non-zero."""
+
+
+class InputError(GsvError, ValueError):
+    """A bad argument, option, text or audio file given by the caller."""
+
+
+class CheckpointError(GsvError):
+    """An upstream checkpoint that cannot be read, is unsafe, of the wrong kind or unknown version."""
+
+
+class BundleError(GsvError):
+    """A bundle that is missing, altered, incomplete or of an unsupported format version."""
+
+
+class BackendError(GsvError):
+    """An inference backend or device that is not installed or cannot run a graph."""
