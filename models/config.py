@@ -108,7 +108,9 @@ class SoVITSConfig:
         return 2 * self.hop_length
 
     @classmethod
-    def from_upstream(cls, hps: Mapping[str, Any], version: ModelVersion, n_symbols: int) -> SoVITSConfig:
+    def from_upstream(
+        cls, hps: Mapping[str, Any], version: ModelVersion, n_symbols: int
+    ) -> SoVITSConfig:
         """Build from a SoVITS checkpoint's config (``data``/``model``/``train`` sections)."""
         data, model = hps["data"], hps["model"]
         train = hps.get("train", {})

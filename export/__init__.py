@@ -1,0 +1,1 @@
+"""gsv_export: upstream checkpoints → ONNX / OpenVINO bundles (see issue: export)."""
