@@ -10,7 +10,7 @@ class InputError(GsvError, ValueError):
 
 
 class CheckpointError(GsvError):
-    """An upstream checkpoint that is unreadable, unsafe, of the wrong kind or an unknown version."""
+    """An upstream checkpoint that is unreadable, unsafe, of the wrong kind or unknown version."""
 
 
 class BundleError(GsvError):
