@@ -11,7 +11,6 @@ upstream ``GPT_SoVITS/process_ckpt.py`` (``savee``/``my_save2``/``load_sovits_ne
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import re
 import sys
@@ -26,6 +25,7 @@ import torch
 
 from gsv_models.config import SoVITSConfig, T2SConfig
 from gsv_models.version import HEADER_VERSIONS, VERSION_HEADERS, ModelVersion
+from gsv_runtime.bundle import sha256_file
 from gsv_runtime.errors import CheckpointError
 
 Kind = Literal["gpt", "sovits", "sv"]
@@ -65,15 +65,6 @@ class Checkpoint:
     info: str | None
     header: bytes
     sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_payload(path: str | Path) -> tuple[dict[str, Any], bytes]:
@@ -307,7 +298,7 @@ def load_checkpoint(path: str | Path, kind: Kind | None = None) -> Checkpoint:
             f"{path}: expected a {_KIND_NAMES[kind]} checkpoint, but this is a {_KIND_NAMES[found]}"
         )
     ckpt = _LOADERS[found](path, payload, header)
-    ckpt.sha256 = file_sha256(path)
+    ckpt.sha256 = sha256_file(path)
     return ckpt
 
 

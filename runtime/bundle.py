@@ -1,0 +1,195 @@
+"""The bundle: a directory of graphs plus ``bundle.json``, its self-describing manifest.
+
+Written by gsv_export, read by the runtime. The runtime reads only JSON and graph files from a
+bundle: nothing in it is ever unpickled. Readers ignore unknown keys and refuse a newer major
+``format_version`` (the number is bumped only for changes that break readers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from gsv_runtime.errors import BundleError
+
+FORMAT: Final = "gsv-bundle"
+FORMAT_VERSION: Final = 1
+MANIFEST_NAME: Final = "bundle.json"
+
+Kind = Literal["voice", "support"]
+GraphFormat = Literal["onnx", "openvino"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: dtype name (numpy spelling) and shape with named dynamic dims."""
+
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(dtype=str(d["dtype"]), shape=tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One serialised variant of a graph."""
+
+    format: GraphFormat
+    precision: str
+    """fp32, fp16, bf16 or int8 (weights); what the graph computes in."""
+    path: str
+    """Relative to the bundle root (the .onnx or the .xml file)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphFile:
+        return cls(format=d["format"], precision=d["precision"], path=d["path"])
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A graph's signature, shared by all its variants, and the variants themselves."""
+
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    variants: tuple[GraphFile, ...]
+    atol: float = 1e-4
+    """Tolerance the exporter's parity check used (relative to the output scale)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        return cls(
+            inputs={k: TensorSpec.from_dict(v) for k, v in d["inputs"].items()},
+            outputs={k: TensorSpec.from_dict(v) for k, v in d["outputs"].items()},
+            variants=tuple(GraphFile.from_dict(v) for v in d["variants"]),
+            atol=float(d.get("atol", 1e-4)),
+        )
+
+    def variant(self, fmt: GraphFormat, precision: str) -> GraphFile | None:
+        """The variant of that format and precision, if the bundle holds it."""
+        for v in self.variants:
+            if v.format == fmt and v.precision == precision:
+                return v
+        return None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """Integrity record of one bundle file."""
+
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything in ``bundle.json``; sections are plain dicts where their content is open-ended."""
+
+    kind: Kind
+    created_by: dict[str, Any]
+    graphs: dict[str, GraphSpec]
+    files: dict[str, FileEntry]
+    model: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    audio: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    t2s: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    support: dict[str, Any] = field(default_factory=dict)
+    """Voice bundles: which support bundle (HuBERT/BERT/SV) they need, by relative path."""
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
+        """Parse and check a manifest dict.
+
+        Raises:
+            BundleError: not a gsv bundle, a newer major format, or malformed.
+        """
+        if d.get("format") != FORMAT:
+            raise BundleError(f"{where}: not a gsv bundle manifest (format={d.get('format')!r})")
+        version = d.get("format_version")
+        if not isinstance(version, int):
+            raise BundleError(f"{where}: format_version missing or not an integer")
+        if version > FORMAT_VERSION:
+            raise BundleError(
+                f"{where}: bundle format {version} is newer than this runtime reads "
+                f"({FORMAT_VERSION}); upgrade gsv-rt"
+            )
+        try:
+            return cls(
+                kind=d["kind"],
+                created_by=dict(d.get("created_by", {})),
+                graphs={k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()},
+                files={k: FileEntry(**v) for k, v in d["files"].items()},
+                model=dict(d.get("model", {})),
+                source=dict(d.get("source", {})),
+                audio=dict(d.get("audio", {})),
+                text=dict(d.get("text", {})),
+                t2s=dict(d.get("t2s", {})),
+                sampling=dict(d.get("sampling", {})),
+                support=dict(d.get("support", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed manifest ({exc!r})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, ``format`` first."""
+        d = asdict(self)
+        for g in d["graphs"].values():
+            for spec in (*g["inputs"].values(), *g["outputs"].values()):
+                spec["shape"] = list(spec["shape"])
+            g["variants"] = list(g["variants"])
+        return {"format": FORMAT, **d}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    """Read ``bundle.json`` of a bundle directory.
+
+    Raises:
+        BundleError: the directory or manifest is missing or invalid.
+    """
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundle directory")
+    if not path.is_file():
+        raise BundleError(f"{root}: not a gsv bundle (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: manifest is not a JSON object")
+    return Manifest.from_dict(data, str(path))
+
+
+def check_files(root: str | Path, manifest: Manifest, verify_hashes: bool = False) -> None:
+    """Check every listed file exists with its size (fast) and, optionally, its sha256.
+
+    Raises:
+        BundleError: naming the first missing or altered file.
+    """
+    root = Path(root)
+    for rel, entry in manifest.files.items():
+        path = root / rel
+        if not path.is_file():
+            raise BundleError(f"{root}: missing file {rel}")
+        if path.stat().st_size != entry.size_bytes:
+            raise BundleError(f"{root}: {rel} was altered (size differs from the manifest)")
+        if verify_hashes and sha256_file(path) != entry.sha256:
+            raise BundleError(f"{root}: {rel} was altered (sha256 differs from the manifest)")
