@@ -26,7 +26,7 @@ import torch
 from gsv_models.config import SoVITSConfig, T2SConfig
 from gsv_models.version import HEADER_VERSIONS, VERSION_HEADERS, ModelVersion
 from gsv_runtime.bundle import sha256_file
-from gsv_runtime.errors import CheckpointError
+from gsv_runtime.errors import CheckpointError, first_line
 
 Kind = Literal["gpt", "sovits", "sv"]
 
@@ -100,8 +100,7 @@ def read_payload(path: str | Path) -> tuple[dict[str, Any], bytes]:
                 f"{path}: refused to load: the pickle references {unsafe.group(1)}, which is not a "
                 "tensor, container or config (a checkpoint may run code when unpickled)"
             ) from None
-        first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or corrupt ({first_line})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt ({first_line(exc)})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a dict at the top level, found {type(payload)}")
     return payload, header
@@ -199,10 +198,11 @@ def _load_gpt(path: Path, payload: Mapping[str, Any], header: bytes) -> Checkpoi
         cfg = T2SConfig.from_upstream(raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: GPT config is incomplete (missing {exc})") from None
+    # upstream's own strict load tolerates the training-metric states some files may carry
     state = {
         k[len(_GPT_PREFIX) :]: v
         for k, v in _to_fp32(payload["weight"], path).items()
-        if k.startswith(_GPT_PREFIX)
+        if k.startswith(_GPT_PREFIX) and not k.startswith(_GPT_PREFIX + "ar_accuracy_metric.")
     }
     version = _gpt_version(state, cfg, path)
     return Checkpoint(path, "gpt", version, cfg, state, raw, payload.get("info"), header, "")

@@ -19,3 +19,9 @@ class BundleError(GsvError):
 
 class BackendError(GsvError):
     """An inference backend or device that is not installed or cannot run a graph."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libraries often append long logs)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
