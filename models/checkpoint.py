@@ -24,6 +24,11 @@ from typing import Any, Literal
 import torch
 
 from gsv_models.config import SoVITSConfig, T2SConfig
+from gsv_models.sovits import (
+    fold_weight_norm_state,
+    unfold_weight_norm_state,
+    weight_norm_prefixes,
+)
 from gsv_models.version import HEADER_VERSIONS, VERSION_HEADERS, ModelVersion
 from gsv_runtime.bundle import sha256_file
 from gsv_runtime.errors import CheckpointError, first_line
@@ -130,43 +135,6 @@ def detect_kind(payload: Mapping[str, Any]) -> Kind | None:
     return None
 
 
-def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace every ``X.weight_g``/``X.weight_v`` pair by ``X.weight = g · v / ‖v‖``.
-
-    The norm runs over all dims but 0, as torch's legacy ``weight_norm(dim=0)`` computes it
-    (for ConvTranspose1d dim 0 is the input channel, which the formula handles the same way).
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".weight_g"):
-            continue
-        if key.endswith(".weight_v"):
-            stem = key[: -len(".weight_v")]
-            g = state[stem + ".weight_g"]
-            dims = tuple(range(1, value.dim()))
-            out[stem + ".weight"] = g * (value / value.norm(dim=dims, keepdim=True))
-        else:
-            out[key] = value
-    return out
-
-
-def unfold_weight_norm(
-    state: Mapping[str, torch.Tensor], prefixes: list[str]
-) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`fold_weight_norm` for the modules upstream keeps weight-normed."""
-    out: dict[str, torch.Tensor] = {}
-    normed = {p + ".weight" for p in prefixes}
-    for key, value in state.items():
-        if key in normed:
-            stem = key[: -len(".weight")]
-            dims = tuple(range(1, value.dim()))
-            out[stem + ".weight_g"] = value.norm(dim=dims, keepdim=True)
-            out[stem + ".weight_v"] = value
-        else:
-            out[key] = value
-    return out
-
-
 def _to_fp32(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -218,7 +186,7 @@ def _sovits_version(state: Mapping[str, torch.Tensor], header: bytes, path: Path
         )
     rows = state["enc_p.text_embedding.weight"].shape[0]
     if "sv_emb.weight" in state:
-        first_kernel = state["dec.ups.0.weight"].shape[-1]
+        first_kernel = state["dec.ups.0.weight_v"].shape[-1]
         width = state["dec.conv_pre.weight"].shape[0]
         shaped = (
             ModelVersion.V2PROPLUS if (width, first_kernel) == (768, 20) else ModelVersion.V2PRO
@@ -245,8 +213,9 @@ def _load_sovits(path: Path, payload: Mapping[str, Any], header: bytes) -> Check
     raw = _plain(payload.get("config"))
     if not isinstance(raw, dict) or "model" not in raw or "data" not in raw:
         raise CheckpointError(f"{path}: SoVITS checkpoint has no config with 'data' and 'model'")
-    state = fold_weight_norm(_to_fp32(payload["weight"], path))
-    state = {k: v for k, v in state.items() if not k.startswith("enc_q.")}
+    state = {
+        k: v for k, v in _to_fp32(payload["weight"], path).items() if not k.startswith("enc_q.")
+    }
     version = _sovits_version(state, header, path)
     try:
         cfg = SoVITSConfig.from_upstream(
@@ -257,6 +226,7 @@ def _load_sovits(path: Path, payload: Mapping[str, Any], header: bytes) -> Check
     # upstream hard-codes these widths instead of storing them; a shrunk test model changes them
     cfg = replace(
         cfg,
+        ssl_dim=state["ssl_proj.weight"].shape[0],
         mrte_hidden=state["enc_p.mrte.c_pre.weight"].shape[0],
         codebook_size=state["quantizer.vq.layers.0._codebook.embed"].shape[0],
         sv_dim=state["sv_emb.weight"].shape[1] if version.is_pro else cfg.sv_dim,
@@ -266,6 +236,10 @@ def _load_sovits(path: Path, payload: Mapping[str, Any], header: bytes) -> Check
         raise CheckpointError(
             f"{path}: config gin_channels {cfg.gin_channels} disagrees with the weights ({gin})"
         )
+    try:
+        state = fold_weight_norm_state(state, weight_norm_prefixes(cfg))
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: weight-norm pairs missing ({exc.args[0]})") from None
     return Checkpoint(path, "sovits", version, cfg, state, raw, payload.get("info"), header, "")
 
 
@@ -344,7 +318,6 @@ def save_sovits(
     path: str | Path,
     cfg: SoVITSConfig,
     state: Mapping[str, torch.Tensor],
-    weight_norm_prefixes: list[str],
     half: bool = True,
     config_as_hparams: bool = True,
     info: str = "8epoch_1000iteration",
@@ -354,7 +327,7 @@ def save_sovits(
     The config is pickled as upstream's ``utils.HParams`` (as fine-tuned files carry it) or as a
     plain dict; v2Pro/v2ProPlus files get their 2-byte version tag in place of ``PK``.
     """
-    weights = _cast(unfold_weight_norm(state, weight_norm_prefixes), half)
+    weights = _cast(unfold_weight_norm_state(state, weight_norm_prefixes(cfg)), half)
     config: Any = cfg.to_upstream()
     buf = io.BytesIO()
     if config_as_hparams:

@@ -48,7 +48,6 @@ def test_config_pickled_as_upstream_hparams(tiny_voice) -> None:
 
 def test_plain_dict_config_and_fp32(tmp_path: Path) -> None:
     from gsv_models.checkpoint import save_sovits
-    from gsv_models.sovits import weight_norm_prefixes
     from gsv_models.testing import random_sovits, sovits_config
 
     cfg = sovits_config(ModelVersion.V2, "tiny")
@@ -57,7 +56,6 @@ def test_plain_dict_config_and_fp32(tmp_path: Path) -> None:
         path,
         cfg,
         random_sovits(cfg, 0).state_dict(),
-        weight_norm_prefixes(cfg),
         half=False,
         config_as_hparams=False,
     )

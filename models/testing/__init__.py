@@ -96,8 +96,6 @@ def make_checkpoint(
     half: bool = True,
 ) -> Path:
     """Write one random checkpoint of ``kind`` in upstream's format and return its path."""
-    from gsv_models.sovits import weight_norm_prefixes
-
     version = ModelVersion.parse(version) if isinstance(version, str) else version
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,9 +105,9 @@ def make_checkpoint(
     elif kind == "sovits":
         scfg = sovits_config(version, size)
         if scfg.version.is_pro and size == "tiny":
-            scfg = replace(scfg, sv_dim=random_sv(size, seed).embedding_size)
+            scfg = replace(scfg, sv_dim=random_sv(size, seed).embed_dim)
         model = random_sovits(scfg, seed)
-        save_sovits(path, scfg, model.state_dict(), weight_norm_prefixes(scfg), half=half)
+        save_sovits(path, scfg, model.state_dict(), half=half)
     else:
         torch.save(
             {

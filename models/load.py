@@ -1,0 +1,60 @@
+"""Build the PyTorch reference network of a loaded checkpoint, with a strict key check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from gsv_models.checkpoint import Checkpoint, Kind, load_checkpoint
+from gsv_models.config import SoVITSConfig, T2SConfig
+from gsv_runtime.errors import CheckpointError
+
+
+def build_model(ckpt: Checkpoint) -> nn.Module:
+    """The eval-mode network of ``ckpt`` with its weights; every key must match.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped weights (names the first few).
+    """
+    if ckpt.kind == "gpt":
+        from gsv_models.t2s import T2SModel
+
+        assert isinstance(ckpt.config, T2SConfig)
+        model: nn.Module = T2SModel(ckpt.config)
+    elif ckpt.kind == "sovits":
+        from gsv_models.sovits import SoVITSModel
+
+        assert isinstance(ckpt.config, SoVITSConfig)
+        model = SoVITSModel(ckpt.config)
+    else:
+        from gsv_models.sv import ERes2NetV2
+
+        try:
+            model = ERes2NetV2(**ERes2NetV2.kwargs_from_state_dict(ckpt.state_dict))
+        except (KeyError, IndexError, ZeroDivisionError) as exc:
+            raise CheckpointError(f"{ckpt.path}: speaker model lacks weight {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ckpt.state_dict))
+    unexpected = sorted(set(ckpt.state_dict) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ckpt.path}: weights do not fit the {ckpt.version.value} {ckpt.kind} network "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
+            f"e.g. {unexpected[:3]})"
+        )
+    shaped = [k for k, v in expected.items() if v.shape != ckpt.state_dict[k].shape]
+    if shaped:
+        k = shaped[0]
+        raise CheckpointError(
+            f"{ckpt.path}: {len(shaped)} weights have the wrong shape, e.g. {k} is "
+            f"{list(ckpt.state_dict[k].shape)}, expected {list(expected[k].shape)}"
+        )
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    return model.eval()
+
+
+def load_model(path: str | Path, kind: Kind | None = None) -> tuple[Checkpoint, nn.Module]:
+    """Load a checkpoint file and build its network (see :func:`build_model`)."""
+    ckpt = load_checkpoint(path, kind)
+    return ckpt, build_model(ckpt)

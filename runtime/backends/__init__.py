@@ -1,0 +1,70 @@
+"""Inference backends behind one small interface: a runner per graph, named numpy in and out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from gsv_runtime.errors import BackendError
+
+BackendName = Literal["onnxruntime", "openvino"]
+BACKENDS: tuple[BackendName, ...] = ("onnxruntime", "openvino")
+
+
+class GraphRunner(Protocol):
+    """One compiled graph. ``run`` takes and returns numpy arrays keyed by tensor name."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; every declared input must be given."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How to compile a graph: device and threads (None = the backend's default)."""
+
+    device: str = "cpu"
+    """``cpu`` or ``cuda[:N]`` for onnxruntime; an OpenVINO device name (CPU, GPU, NPU) too."""
+    threads: int | None = None
+    """Intra-op threads; keep ``threads × parallel workers`` within the physical cores."""
+    precision_hint: str = "f32"
+    """OpenVINO inference precision (f32 for parity; bf16/f16 for speed where supported)."""
+
+
+def available_backends() -> list[BackendName]:
+    """The backends whose Python packages import on this machine."""
+    found: list[BackendName] = []
+    for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        found.append(name)  # type: ignore[arg-type]
+    return found
+
+
+def make_runner(
+    path: str | Path, backend: BackendName, options: RunnerOptions | None = None
+) -> GraphRunner:
+    """Compile a graph file (.onnx for onnxruntime, .xml or .onnx for OpenVINO).
+
+    Raises:
+        BackendError: the backend is not installed or cannot compile the graph on the device.
+    """
+    options = options or RunnerOptions()
+    if backend == "onnxruntime":
+        from gsv_runtime.backends.ort import OrtRunner
+
+        return OrtRunner(Path(path), options)
+    if backend == "openvino":
+        from gsv_runtime.backends.ov import OvRunner
+
+        return OvRunner(Path(path), options)
+    raise BackendError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
