@@ -193,3 +193,53 @@ def check_files(root: str | Path, manifest: Manifest, verify_hashes: bool = Fals
             raise BundleError(f"{root}: {rel} was altered (size differs from the manifest)")
         if verify_hashes and sha256_file(path) != entry.sha256:
             raise BundleError(f"{root}: {rel} was altered (sha256 differs from the manifest)")
+
+
+_FORMAT_OF_BACKEND: Final[dict[str, GraphFormat]] = {"onnxruntime": "onnx", "openvino": "openvino"}
+
+
+class Bundle:
+    """A bundle directory with its parsed manifest; hands out graph files and runners."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, root: str | Path, verify_hashes: bool = False) -> Bundle:
+        """Read the manifest and check the listed files (size always, sha256 on request).
+
+        Raises:
+            BundleError: missing/invalid manifest, newer format, missing or altered files.
+        """
+        root = Path(root)
+        manifest = read_manifest(root)
+        check_files(root, manifest, verify_hashes)
+        return cls(root, manifest)
+
+    def graph(self, name: str) -> GraphSpec:
+        """The declaration of graph ``name``.
+
+        Raises:
+            BundleError: the bundle has no such graph.
+        """
+        try:
+            return self.manifest.graphs[name]
+        except KeyError:
+            have = ", ".join(sorted(self.manifest.graphs)) or "none"
+            raise BundleError(f"{self.root}: no graph {name!r} (has: {have})") from None
+
+    def graph_path(self, name: str, backend: str, precision: str = "fp32") -> Path:
+        """The file of graph ``name`` for a backend (onnxruntime → .onnx, openvino → .xml).
+
+        Raises:
+            BundleError: the bundle holds no such variant.
+        """
+        fmt = _FORMAT_OF_BACKEND.get(backend)
+        variant = self.graph(name).variant(fmt, precision) if fmt else None
+        if variant is None:
+            held = ", ".join(f"{v.format}/{v.precision}" for v in self.graph(name).variants)
+            raise BundleError(
+                f"{self.root}: graph {name!r} has no {backend} {precision} variant (has: {held})"
+            )
+        return self.root / variant.path

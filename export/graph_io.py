@@ -1,0 +1,160 @@
+"""Write one graph: torch module → ONNX (+ external data, metadata) → OpenVINO IR, per precision.
+
+Every exporter in gsv_export goes through these functions, so graphs are declared once
+(:class:`GraphDecl`) and the manifest, the dynamic axes and the parity checks all read the same
+declaration.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from gsv_runtime.bundle import FORMAT_VERSION, GraphFile, GraphSpec, TensorSpec
+from gsv_runtime.errors import GsvError
+
+OPSET: Final = 17
+EXTERNAL_DATA_MIN_BYTES: Final = 2 * 1024 * 1024
+"""Graphs larger than this keep their weights in a ``<name>.onnx.data`` file beside them."""
+PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
+FORMATS: Final = ("onnx", "openvino")
+
+
+class ExportError(GsvError):
+    """A graph could not be exported, converted or quantized."""
+
+
+@dataclass(frozen=True)
+class GraphDecl:
+    """A graph's name and signature; shapes use ints for fixed dims and names for dynamic ones."""
+
+    name: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    atol: float = 1e-4
+    """Parity tolerance relative to each output's scale (max |expected|)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """torch.onnx ``dynamic_axes`` built from the named dims."""
+        axes: dict[str, dict[int, str]] = {}
+        for name, spec in (*self.inputs.items(), *self.outputs.items()):
+            named = {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
+            if named:
+                axes[name] = named
+        return axes
+
+    def spec(self, variants: Sequence[GraphFile]) -> GraphSpec:
+        """The manifest entry for this graph with the files written."""
+        return GraphSpec(dict(self.inputs), dict(self.outputs), tuple(variants), self.atol)
+
+
+def tensor(dtype: str, *shape: int | str) -> TensorSpec:
+    """Shorthand for a :class:`TensorSpec`: ``tensor("float32", "batch", 1024)``."""
+    return TensorSpec(dtype=dtype, shape=tuple(shape))
+
+
+def export_onnx(
+    module: torch.nn.Module, args: tuple[Any, ...], decl: GraphDecl, path: Path
+) -> Path:
+    """Trace ``module(*args)`` to ONNX at ``path`` with the declaration's names and axes.
+
+    Weights go to ``<path>.data`` when the graph is large. The graph carries ``gsv.graph`` and
+    ``gsv.format_version`` metadata so a stray file identifies itself.
+
+    Raises:
+        ExportError: if tracing or the ONNX checker fails.
+    """
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".traced.onnx")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(tmp),
+                input_names=list(decl.inputs),
+                output_names=list(decl.outputs),
+                dynamic_axes=decl.dynamic_axes(),
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        model = onnx.load(str(tmp))
+    except Exception as exc:
+        raise ExportError(f"{decl.name}: ONNX export failed: {exc}") from exc
+    finally:
+        for leftover in tmp.parent.glob(tmp.name + "*"):
+            leftover.unlink()
+    meta = {"gsv.graph": decl.name, "gsv.format_version": str(FORMAT_VERSION), **decl.metadata}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    save_onnx(model, path)
+    return path
+
+
+def save_onnx(model: Any, path: Path) -> None:
+    """Save an ONNX ModelProto, with external data when large, and run the checker on the file."""
+    import onnx
+
+    large = model.ByteSize() > EXTERNAL_DATA_MIN_BYTES
+    data = path.name + ".data"
+    if (path.parent / data).exists():
+        (path.parent / data).unlink()
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=data,
+        size_threshold=1024,
+    )
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ExportError(f"{path.name}: the ONNX checker rejects the graph: {exc}") from exc
+
+
+def onnx_files(path: Path) -> list[Path]:
+    """The files an ONNX graph consists of (the graph and its external data, if any)."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.exists() else [path]
+
+
+def to_openvino(onnx_path: Path, xml_path: Path, fp16_weights: bool = False) -> Path:
+    """Convert an ONNX graph to OpenVINO IR (.xml + .bin); optionally store fp16 weights.
+
+    Raises:
+        ExportError: if OpenVINO cannot convert it.
+    """
+    import openvino as ov
+
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model = ov.convert_model(str(onnx_path))
+        ov.save_model(model, str(xml_path), compress_to_fp16=fp16_weights)
+    except Exception as exc:
+        raise ExportError(f"{onnx_path.name}: OpenVINO conversion failed: {exc}") from exc
+    return xml_path
+
+
+def openvino_files(xml_path: Path) -> list[Path]:
+    """The files of an OpenVINO IR (.xml and .bin)."""
+    return [xml_path, xml_path.with_suffix(".bin")]
+
+
+def to_numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A detached CPU numpy copy of a tensor (numpy arrays pass through)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return value
