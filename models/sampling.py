@@ -18,41 +18,15 @@ seed, or from a ``torch.Generator``; it can also be passed in as a tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 import torch
 from torch import Tensor
 
-MIN_STEPS_BEFORE_EOS: Final = 11
-"""Decode steps 0..10 sample without the EOS column, so at least 11 tokens come out."""
-MAX_STEPS: Final = 1500
-"""Upstream's hard cap on decode steps."""
-MIN_TEMPERATURE: Final = 1e-5
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Sampler settings; the defaults are upstream's api_v2 defaults."""
-
-    top_k: int | None = 15
-    """Keep the k largest logits (ties kept); None keeps all."""
-    top_p: float = 1.0
-    """Nucleus threshold on the penalized logits; 1.0 switches it off."""
-    temperature: float = 1.0
-    """Divides the logits after top-p; clamped below at 1e-5."""
-    repetition_penalty: float = 1.35
-    """Earlier tokens' logits: negative ones multiplied, positive ones divided by this."""
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range."""
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be None or >= 1, but got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], but got {self.top_p}")
-        if self.temperature < 0.0:
-            raise ValueError(f"temperature must be >= 0, but got {self.temperature}")
-        if self.repetition_penalty <= 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, but got {self.repetition_penalty}")
+from gsv_runtime.sampling import (
+    MIN_STEPS_BEFORE_EOS,
+    MIN_TEMPERATURE,
+    SamplingParams,
+)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gsv_models.config import T2SConfig
-from gsv_models.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams, decode_step
+from gsv_models.sampling import decode_step
+from gsv_runtime.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams
 
 BERT_DIM: Final = 1024
 """Width of the phone-level BERT features (``bert_proj`` input)."""
