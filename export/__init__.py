@@ -1,1 +1,222 @@
-"""gsv_export: upstream checkpoints → ONNX / OpenVINO bundles (see issue: export)."""
+"""gsv_export: upstream GPT-SoVITS checkpoints → self-describing ONNX / OpenVINO bundles.
+
+The API mirrors the CLI one to one: :func:`export_bundle` is ``gsv export`` and
+:func:`export_support_bundle` is ``gsv export-support``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gsv_export.graph_io import FORMATS, PRECISIONS
+from gsv_export.parity import ParityReport
+from gsv_export.writer import staging_dir, write_manifest
+from gsv_runtime.bundle import Manifest
+from gsv_runtime.errors import CheckpointError, InputError
+from gsv_runtime.sampling import MAX_STEPS, SamplingParams
+
+__all__ = ["export_bundle", "export_support_bundle"]
+
+_LOGGER = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+SEMANTIC_HZ = 25
+NOISE_SCALE = 0.5
+
+
+def _choices(values: Sequence[str], accepted: Sequence[str], what: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(v.strip().lower() for v in values if v.strip()))
+    bad = [v for v in chosen if v not in accepted]
+    if bad or not chosen:
+        raise InputError(f"unknown {what} {bad or list(values)}; accepted: {', '.join(accepted)}")
+    if what == "precision" and "fp32" not in chosen:
+        chosen = ("fp32", *chosen)  # the reference variant every other one is checked against
+    return chosen
+
+
+@contextmanager
+def _stage(progress: Progress, label: str) -> Iterator[None]:
+    start = time.perf_counter()
+    progress(f"{label} ...")
+    yield
+    progress(f"{label} done in {time.perf_counter() - start:.1f} s")
+
+
+def _source(ckpt: Any) -> dict[str, Any]:
+    return {
+        "file": ckpt.path.name,
+        "sha256": ckpt.sha256,
+        "size_bytes": ckpt.path.stat().st_size,
+        "kind": ckpt.kind,
+        "version": ckpt.version.value,
+    }
+
+
+def _voice_sections(gpt: Any, sovits: Any, support: str | None) -> dict[str, dict[str, Any]]:
+    t2s, s2, version = gpt.config, sovits.config, sovits.version
+    defaults = SamplingParams()
+    needs = ["hubert", "bert"] + (["sv"] if version.is_pro else [])
+    return {
+        "model": {
+            "family": "gpt-sovits",
+            "version": version.value,
+            "symbols_version": version.symbols_version,
+        },
+        "source": {"gpt": _source(gpt), "sovits": _source(sovits)},
+        "audio": {
+            "sample_rate": s2.sampling_rate,
+            "hop_length": s2.hop_length,
+            "samples_per_token": s2.samples_per_token,
+            "ref_sample_rate": s2.sampling_rate,
+            "ssl_sample_rate": 16000,
+            "spec": {"n_fft": s2.filter_length, "hop": s2.hop_length, "win": s2.win_length},
+        },
+        "text": {
+            "symbols_version": version.symbols_version,
+            "n_symbols": s2.n_symbols,
+            "bert_dim": 1024,
+        },
+        "t2s": {
+            "n_layer": t2s.n_layer,
+            "n_head": t2s.n_head,
+            "d_model": t2s.hidden_dim,
+            "vocab_size": t2s.vocab_size,
+            "phoneme_vocab_size": t2s.phoneme_vocab_size,
+            "eos_id": t2s.eos,
+            "semantic_hz": SEMANTIC_HZ,
+            "max_tokens": MAX_STEPS,
+        },
+        "sampling": {
+            "top_k": defaults.top_k,
+            "top_p": defaults.top_p,
+            "temperature": defaults.temperature,
+            "repetition_penalty": defaults.repetition_penalty,
+            "noise_scale": NOISE_SCALE,
+            "noise": "exponential",
+        },
+        "support": {"path": support, "graphs": needs},
+    }
+
+
+def _check_pair(gpt: Any, sovits: Any) -> None:
+    if gpt.version.symbols_version != sovits.version.symbols_version:
+        raise CheckpointError(
+            f"mismatched checkpoints: {gpt.path.name} is a GPT with "
+            f"{gpt.config.phoneme_vocab_size} phone rows ({gpt.version.symbols_version} symbols) "
+            f"but {sovits.path.name} is a SoVITS {sovits.version.value} with "
+            f"{sovits.config.n_symbols} symbols ({sovits.version.symbols_version})"
+        )
+
+
+def export_bundle(
+    gpt: str | os.PathLike[str],
+    sovits: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] = FORMATS,
+    precisions: Sequence[str] = ("fp32",),
+    verify: bool = True,
+    support: str | None = None,
+    progress: Progress = _LOGGER.info,
+) -> Manifest:
+    """Export one voice (a GPT ``.ckpt`` and a SoVITS ``.pth``) to a bundle directory.
+
+    Args:
+        gpt: upstream GPT checkpoint.
+        sovits: upstream SoVITS checkpoint of the same symbol generation.
+        out: bundle directory to create (an existing bundle there is replaced).
+        formats: any of ``onnx``, ``openvino``.
+        precisions: any of ``fp32`` (always added), ``fp16``, ``bf16``, ``int8``.
+        verify: run the parity checks against PyTorch and refuse to write on failure.
+        support: path of the support bundle (HuBERT/BERT/SV) this voice uses, recorded
+            relative to ``out`` for the runtime to find.
+        progress: called with one line per stage.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        CheckpointError, InputError, BundleError, ParityError: nothing is left at ``out``.
+    """
+    from gsv_export.gpt import export_gpt_graphs, verify_gpt
+    from gsv_export.sovits import export_sovits_graphs, verify_sovits
+    from gsv_models.load import load_model
+
+    fmts = _choices(formats, FORMATS, "format")
+    precs = _choices(precisions, PRECISIONS, "precision")
+    out_path = Path(out)
+    with _stage(progress, "loading checkpoints"):
+        gpt_ckpt, gpt_model = load_model(gpt, "gpt")
+        sovits_ckpt, sovits_model = load_model(sovits, "sovits")
+        _check_pair(gpt_ckpt, sovits_ckpt)
+    with staging_dir(out_path) as work:
+        with _stage(progress, "exporting GPT graphs"):
+            graphs = export_gpt_graphs(gpt_model, work, fmts, precs)
+        with _stage(progress, "exporting SoVITS graphs"):
+            graphs.update(export_sovits_graphs(sovits_model, work, fmts, precs))
+        report = ParityReport()
+        if verify:
+            with _stage(progress, "checking parity against PyTorch"):
+                report.extend(verify_gpt(work, graphs, gpt_model))
+                report.extend(verify_sovits(work, graphs, sovits_model, sovits_ckpt.version))
+            for check in report.checks:
+                progress("  " + check.line())
+            report.raise_if_failed()
+        if support is not None:
+            support = os.path.relpath(Path(support).resolve(), out_path.resolve())
+        sections = _voice_sections(gpt_ckpt, sovits_ckpt, support)
+        sections["parity"] = {"checks": [c.to_dict() for c in report.checks]}
+        manifest = write_manifest(work, "voice", graphs, **sections)
+    progress(f"wrote {out_path}")
+    return manifest
+
+
+def export_support_bundle(
+    hubert: str | os.PathLike[str],
+    bert: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    sv: str | os.PathLike[str] | None = None,
+    formats: Sequence[str] = FORMATS,
+    precisions: Sequence[str] = ("fp32",),
+    verify: bool = True,
+    progress: Progress = _LOGGER.info,
+) -> Manifest:
+    """Export the models all voices share (HuBERT, BERT, and the SV model for v2Pro/ProPlus).
+
+    Raises:
+        CheckpointError, InputError, BundleError, ParityError: nothing is left at ``out``.
+    """
+    from gsv_export.support import export_support_graphs, verify_support
+
+    fmts = _choices(formats, FORMATS, "format")
+    precs = _choices(precisions, PRECISIONS, "precision")
+    with staging_dir(Path(out)) as work:
+        with _stage(progress, "exporting support graphs"):
+            graphs, info = export_support_graphs(
+                Path(hubert), Path(bert), Path(sv) if sv else None, work, fmts, precs
+            )
+        report = ParityReport()
+        if verify:
+            with _stage(progress, "checking parity against PyTorch"):
+                report.extend(verify_support(work, graphs, info))
+            for check in report.checks:
+                progress("  " + check.line())
+            report.raise_if_failed()
+        manifest = write_manifest(
+            work,
+            "support",
+            graphs,
+            model={"family": "gpt-sovits-support", **info.get("model", {})},
+            source=info.get("source", {}),
+            audio={"ssl_sample_rate": 16000, "sv_sample_rate": 16000},
+            parity={"checks": [c.to_dict() for c in report.checks]},
+        )
+    progress(f"wrote {out}")
+    return manifest

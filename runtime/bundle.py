@@ -101,6 +101,8 @@ class Manifest:
     sampling: dict[str, Any] = field(default_factory=dict)
     support: dict[str, Any] = field(default_factory=dict)
     """Voice bundles: which support bundle (HuBERT/BERT/SV) they need, by relative path."""
+    parity: dict[str, Any] = field(default_factory=dict)
+    """The exporter's parity checks: each check's value, limit and outcome."""
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -133,6 +135,7 @@ class Manifest:
                 t2s=dict(d.get("t2s", {})),
                 sampling=dict(d.get("sampling", {})),
                 support=dict(d.get("support", {})),
+                parity=dict(d.get("parity", {})),
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -76,5 +76,129 @@ def inspect_cmd(checkpoints: tuple[Path, ...], forward: bool) -> None:
             click.echo(line)
 
 
+def _csv(value: str) -> list[str]:
+    return [v for v in value.split(",") if v.strip()]
+
+
+_FORMAT_OPTION = click.option(
+    "--format",
+    "formats",
+    default="onnx,openvino",
+    show_default=True,
+    help="Comma-separated: onnx, openvino.",
+)
+_PRECISION_OPTION = click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    help="Comma-separated: fp32, fp16, bf16, int8 (fp32 is always written).",
+)
+
+
+@main.command("export")
+@click.option("--gpt", type=click.Path(path_type=Path), required=True, help="GPT .ckpt file.")
+@click.option("--sovits", type=click.Path(path_type=Path), required=True, help="SoVITS .pth.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Voice bundle directory to write.",
+)
+@_FORMAT_OPTION
+@_PRECISION_OPTION
+@click.option(
+    "--support",
+    type=click.Path(path_type=Path),
+    help="Support bundle (HuBERT/BERT/SV) this voice uses.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check every graph against PyTorch before writing.",
+)
+def export_cmd(
+    gpt: Path,
+    sovits: Path,
+    out: Path,
+    formats: str,
+    precisions: str,
+    support: Path | None,
+    verify: bool,
+) -> None:
+    """Export a voice (GPT + SoVITS checkpoints) to an ONNX/OpenVINO bundle."""
+    from gsv_export import export_bundle
+
+    export_bundle(
+        gpt,
+        sovits,
+        out,
+        formats=_csv(formats),
+        precisions=_csv(precisions),
+        verify=verify,
+        support=str(support) if support else None,
+        progress=click.echo,
+    )
+
+
+@main.command("export-support")
+@click.option(
+    "--hubert", type=click.Path(path_type=Path), required=True, help="chinese-hubert-base folder."
+)
+@click.option(
+    "--bert",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="chinese-roberta-wwm-ext-large folder.",
+)
+@click.option(
+    "--sv",
+    type=click.Path(path_type=Path),
+    help="ERes2NetV2 speaker checkpoint (v2Pro/v2ProPlus voices).",
+)
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+@_FORMAT_OPTION
+@_PRECISION_OPTION
+@click.option("--verify/--no-verify", default=True, show_default=True)
+def export_support_cmd(
+    hubert: Path,
+    bert: Path,
+    sv: Path | None,
+    out: Path,
+    formats: str,
+    precisions: str,
+    verify: bool,
+) -> None:
+    """Export the models all voices share (HuBERT, BERT, speaker model) to a support bundle."""
+    from gsv_export import export_support_bundle
+
+    export_support_bundle(
+        hubert,
+        bert,
+        out,
+        sv=sv,
+        formats=_csv(formats),
+        precisions=_csv(precisions),
+        verify=verify,
+        progress=click.echo,
+    )
+
+
+@main.command("info")
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.option("--verify", is_flag=True, help="Also check every file's sha256.")
+def info_cmd(bundle: Path | None, verify: bool) -> None:
+    """Show this machine's backends, and a bundle's manifest and what can run it here."""
+    from gsv_runtime.info import describe_bundle, describe_machine
+
+    for line in describe_machine():
+        click.echo(line)
+    if bundle is not None:
+        for line in describe_bundle(bundle, verify_hashes=verify):
+            click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

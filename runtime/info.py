@@ -1,0 +1,123 @@
+"""What ``gsv info`` prints: this machine's backends and devices, and a bundle's manifest."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gsv_runtime import __version__
+from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
+
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model name, logical cores and the ISA flags that matter for inference."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "isa": [f for f in _ISA_FLAGS if f in flags],
+    }
+
+
+def backend_devices() -> dict[str, dict[str, Any]]:
+    """Installed backends with their version and devices (providers for onnxruntime)."""
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        import onnxruntime as ort
+
+        found["onnxruntime"] = {
+            "version": ort.__version__,
+            "devices": ["cpu"]
+            + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else []),
+        }
+    except ImportError:
+        pass
+    try:
+        import openvino as ov
+
+        found["openvino"] = {
+            "version": ov.__version__,
+            "devices": [d.lower() for d in ov.Core().available_devices],
+        }
+    except ImportError:
+        pass
+    return found
+
+
+def describe_machine() -> Iterator[str]:
+    """Versions, platform, CPU flags, backends and devices."""
+    cpu = cpu_info()
+    yield f"gsv-rt {__version__}, Python {platform.python_version()}, {platform.platform()}"
+    yield f"CPU: {cpu['model']} ({cpu['logical_cores']} logical cores; {' '.join(cpu['isa'])})"
+    backends = backend_devices()
+    if not backends:
+        yield "backends: none installed (pip install onnxruntime or openvino)"
+    for name, info in backends.items():
+        yield f"backend {name} {info['version']}: devices {', '.join(info['devices'])}"
+
+
+def _signature(specs: dict[str, TensorSpec]) -> str:
+    return ", ".join(
+        f"{name}:{spec.dtype}[{','.join(str(d) for d in spec.shape)}]"
+        for name, spec in specs.items()
+    )
+
+
+def _graph_lines(name: str, spec: GraphSpec) -> Iterator[str]:
+    variants = ", ".join(f"{v.format}/{v.precision}" for v in spec.variants)
+    yield f"  {name} ({variants})"
+    yield f"    in:  {_signature(spec.inputs)}"
+    yield f"    out: {_signature(spec.outputs)}"
+
+
+def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
+    """The manifest in readable form and which backends/devices here can run the bundle.
+
+    Raises:
+        BundleError: unreadable, newer-format or altered bundle.
+    """
+    bundle = Bundle.load(root, verify_hashes=verify_hashes)
+    m = bundle.manifest
+    size = sum(f.size_bytes for f in m.files.values())
+    checked = "sha256 verified" if verify_hashes else "sizes checked"
+    yield f"bundle {root}: {m.kind}, format {m.format_version}, {size / 1e6:.1f} MB ({checked})"
+    if m.model:
+        yield "model: " + ", ".join(f"{k} {v}" for k, v in m.model.items())
+    for key, src in m.source.items():
+        yield f"source {key}: {src.get('file')} sha256 {str(src.get('sha256'))[:12]}…"
+    if m.audio:
+        yield "audio: " + ", ".join(f"{k} {v}" for k, v in m.audio.items() if k != "spec")
+    if m.t2s:
+        yield "t2s: " + ", ".join(f"{k} {v}" for k, v in m.t2s.items())
+    if m.sampling:
+        yield "sampling defaults: " + ", ".join(f"{k} {v}" for k, v in m.sampling.items())
+    if m.support:
+        yield f"support bundle: {m.support.get('path')} (graphs {m.support.get('graphs')})"
+    created = m.created_by
+    yield "created by: " + ", ".join(f"{k} {v}" for k, v in created.items())
+    checks = m.parity.get("checks", [])
+    if checks:
+        failed = [c for c in checks if not c.get("ok")]
+        yield f"parity: {len(checks)} checks, {len(failed)} failed"
+    yield "graphs:"
+    for name, spec in m.graphs.items():
+        yield from _graph_lines(name, spec)
+    formats = {v.format for spec in m.graphs.values() for v in spec.variants}
+    for backend, info in backend_devices().items():
+        fmt = "onnx" if backend == "onnxruntime" else "openvino"
+        can = "yes" if fmt in formats else "no (no graphs in its format)"
+        yield f"runs on {backend} ({', '.join(info['devices'])}): {can}"
