@@ -1,0 +1,119 @@
+"""Request and runtime settings: upstream's option names and defaults, validated once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final
+
+from gsv_runtime.errors import InputError
+from gsv_runtime.sampling import SamplingParams
+
+SPLIT_METHODS: Final = ("cut0", "cut1", "cut2", "cut3", "cut4", "cut5")
+DEFAULT_SPLIT_METHOD: Final = "cut1"
+"""Upstream TTS.run's default (api_v2 defaults to cut5)."""
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Per-request options; ``None`` means the bundle's default (its ``sampling`` block)."""
+
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    repetition_penalty: float | None = None
+    noise_scale: float | None = None
+    """SoVITS prior noise scale (upstream 0.5)."""
+    text_split_method: str = DEFAULT_SPLIT_METHOD
+    batch_size: int = 1
+    """Segments decoded together by the GPT."""
+    speed_factor: float = 1.0
+    fragment_interval: float = 0.3
+    """Seconds of silence after each segment (counted at the SoVITS rate, as upstream)."""
+    seed: int = -1
+    """−1 draws a fresh seed; any other value makes the run reproducible."""
+    ref_free: bool = False
+    """Decode without the prompt's semantic tokens and text (upstream's ref_free)."""
+    aux_ref_audio_paths: tuple[str, ...] = field(default_factory=tuple)
+    """More references of the same voice; their ge vectors are averaged with the main one."""
+    max_steps: int = 1500
+    fixed_length: int | None = None
+    """Decode exactly this many tokens per segment with EOS masked (benchmarks, random weights)."""
+
+    def validate(self) -> None:
+        """Raise InputError naming the first out-of-range field, its range and the value."""
+        try:
+            self.sampling({}).validate()
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        checks: list[tuple[str, bool, str]] = [
+            (
+                "text_split_method",
+                self.text_split_method in SPLIT_METHODS,
+                f"one of {', '.join(SPLIT_METHODS)}",
+            ),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("speed_factor", 0.25 <= self.speed_factor <= 4.0, "in [0.25, 4]"),
+            ("fragment_interval", 0.0 <= self.fragment_interval <= 10.0, "in [0, 10]"),
+            (
+                "noise_scale",
+                self.noise_scale is None or 0.0 <= self.noise_scale <= 10.0,
+                "in [0, 10]",
+            ),
+            ("max_steps", 1 <= self.max_steps <= 1500, "in [1, 1500]"),
+            (
+                "fixed_length",
+                self.fixed_length is None or 1 <= self.fixed_length <= 1500,
+                "None or in [1, 1500]",
+            ),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise InputError(f"{name} must be {allowed}, but got {getattr(self, name)!r}")
+
+    def sampling(self, defaults: Mapping[str, Any]) -> SamplingParams:
+        """The sampler settings, falling back to ``defaults`` (a bundle's ``sampling`` block)."""
+        base = SamplingParams()
+        values = {
+            f.name: next(
+                v
+                for v in (getattr(self, f.name), defaults.get(f.name), getattr(base, f.name))
+                if v is not None
+            )
+            for f in fields(SamplingParams)
+        }
+        return SamplingParams(**values)
+
+    def resolved_noise_scale(self, defaults: Mapping[str, Any]) -> float:
+        """``noise_scale`` or the bundle default (0.5)."""
+        if self.noise_scale is not None:
+            return self.noise_scale
+        return float(defaults.get("noise_scale", 0.5))
+
+    @classmethod
+    def from_options(cls, **options: Any) -> SynthesisConfig:
+        """Build from keyword options with upstream's names; unknown names are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown}; accepted: {', '.join(sorted(known))}")
+        if "aux_ref_audio_paths" in options:
+            options["aux_ref_audio_paths"] = tuple(options["aux_ref_audio_paths"] or ())
+        config = replace(cls(), **options)
+        config.validate()
+        return config
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to run a bundle: backend, device, threads and graph precision."""
+
+    backend: str = "auto"
+    """``auto`` (OpenVINO on CPU when the bundle has its graphs and it is installed, else
+    onnxruntime), ``onnxruntime`` or ``openvino``."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``/``cuda:N`` (onnxruntime), or an OpenVINO device name."""
+    threads: int | None = None
+    """Intra-op threads per graph; None lets the backend use every core."""
+    precision: str = "fp32"
+    """Graph variant: fp32, fp16, bf16 (OpenVINO) or int8."""
