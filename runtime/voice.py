@@ -1,0 +1,134 @@
+"""A voice: everything synthesis needs from the reference, computed once and savable.
+
+Holding the prompt's semantic tokens, phones, BERT features and the reference vector ``ge``
+lets an edge device synthesize without HuBERT, BERT or the reference audio. Saved voices are a
+JSON file plus an ``.npz`` read with ``allow_pickle=False``: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from gsv_runtime.errors import BundleError, InputError
+
+VOICES_DIR: Final = "voices"
+VOICE_FORMAT_VERSION: Final = 1
+_ARRAYS: Final = ("prompt_tokens", "prompt_phones", "prompt_bert", "ge")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A prepared reference (one main clip, optionally averaged with auxiliary ones)."""
+
+    prompt_tokens: np.ndarray
+    """[P] int64 semantic tokens of the main reference (HuBERT → ssl_proj → codebook)."""
+    prompt_phones: np.ndarray
+    """[N] int64 phone ids of the prompt text."""
+    prompt_bert: np.ndarray
+    """[N, 1024] float32 BERT features of the prompt text (zeros for non-Chinese text)."""
+    ge: np.ndarray
+    """[R, gin, 1] float32 reference vectors, one per reference clip (averaged at decode)."""
+    prompt_text: str = ""
+    prompt_lang: str = ""
+    symbols_version: str = "v2"
+    name: str | None = None
+
+    @property
+    def mean_ge(self) -> np.ndarray:
+        """``ge`` averaged over the references, [1, gin, 1] (upstream's multi-reference rule)."""
+        return self.ge.mean(axis=0, keepdims=True).astype(np.float32)
+
+    def with_extra_references(self, ge: np.ndarray) -> Voice:
+        """This voice with more references' ``ge`` ([R', gin, 1]) added to the average."""
+        return Voice(
+            self.prompt_tokens,
+            self.prompt_phones,
+            self.prompt_bert,
+            np.concatenate([self.ge, ge.astype(np.float32)], axis=0),
+            self.prompt_text,
+            self.prompt_lang,
+            self.symbols_version,
+            self.name,
+        )
+
+    def save(self, bundle_root: str | Path, name: str) -> Path:
+        """Store under ``<bundle>/voices/<name>/`` atomically; an existing voice is replaced.
+
+        Raises:
+            InputError: an invalid name.
+        """
+        if not _NAME.match(name):
+            raise InputError(
+                f"invalid voice name {name!r}: use 1–64 letters, digits, '_', '.', '-'"
+            )
+        target = Path(bundle_root) / VOICES_DIR / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+        meta = {
+            "format_version": VOICE_FORMAT_VERSION,
+            "name": name,
+            "prompt_text": self.prompt_text,
+            "prompt_lang": self.prompt_lang,
+            "symbols_version": self.symbols_version,
+        }
+        (tmp / "voice.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+        np.savez(
+            tmp / "arrays.npz",
+            prompt_tokens=self.prompt_tokens,
+            prompt_phones=self.prompt_phones,
+            prompt_bert=self.prompt_bert,
+            ge=self.ge,
+        )
+        if target.exists():
+            old = target.with_name(f".{name}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+        return target
+
+    @classmethod
+    def load(cls, bundle_root: str | Path, name: str) -> Voice:
+        """Read a saved voice of a bundle.
+
+        Raises:
+            BundleError: no such voice, or a damaged one.
+        """
+        folder = Path(bundle_root) / VOICES_DIR / name
+        if not _NAME.match(name) or not folder.is_dir():
+            known = ", ".join(saved_voices(bundle_root)) or "none"
+            raise BundleError(f"{bundle_root}: no voice {name!r} (saved voices: {known})")
+        try:
+            meta: dict[str, Any] = json.loads((folder / "voice.json").read_text())
+            with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+                data = {k: arrays[k] for k in _ARRAYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise BundleError(f"{folder}: damaged voice ({exc})") from None
+        if meta.get("format_version", 0) > VOICE_FORMAT_VERSION:
+            raise BundleError(f"{folder}: voice format is newer than this runtime; upgrade gsv-rt")
+        return cls(
+            prompt_tokens=data["prompt_tokens"].astype(np.int64),
+            prompt_phones=data["prompt_phones"].astype(np.int64),
+            prompt_bert=data["prompt_bert"].astype(np.float32),
+            ge=data["ge"].astype(np.float32),
+            prompt_text=str(meta.get("prompt_text", "")),
+            prompt_lang=str(meta.get("prompt_lang", "")),
+            symbols_version=str(meta.get("symbols_version", "v2")),
+            name=name,
+        )
+
+
+def saved_voices(bundle_root: str | Path) -> list[str]:
+    """Names of the voices saved in a bundle."""
+    return sorted(p.parent.name for p in (Path(bundle_root) / VOICES_DIR).glob("*/voice.json"))
