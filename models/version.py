@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 
-class ModelVersion(str, Enum):
+class ModelVersion(StrEnum):
     """Upstream model generations; the value is upstream's own spelling."""
 
     V1 = "v1"

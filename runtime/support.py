@@ -1,0 +1,252 @@
+"""Support models at run time: HuBERT content features, BERT text features, speaker vector.
+
+Torch-free: numpy, a backend runner per graph, and the ``tokenizers`` package for BERT. The
+graphs come from a support bundle written by ``gsv_export.support`` (see there for their I/O).
+
+Pipeline duties of the caller, as upstream does them (``TTS_infer_pack/TTS.py``):
+
+* HuBERT: the reference is loaded at 16 kHz (3–10 s) and **0.6 s of zeros (9,600 samples,
+  :data:`HUBERT_PAD_SAMPLES`) are appended** before :meth:`SupportModels.hubert_features`; the
+  result goes to the voice's ssl_proj + quantizer for the prompt tokens.
+* BERT: only Chinese segments get features (:meth:`SupportModels.bert_features` on the
+  normalised text and its word2ph); other languages use zeros ``[n_phones, 1024]``.
+* SV: the peak-normalised 32 kHz reference goes to :meth:`SupportModels.speaker_vector`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from gsv_runtime.audio_features import sv_fbank
+from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.bundle import Bundle
+from gsv_runtime.errors import BundleError, InputError
+
+_LOGGER = logging.getLogger(__name__)
+
+HUBERT_PAD_SAMPLES: Final = 9600
+"""Zeros upstream appends to the 16 kHz reference before HuBERT (0.3 s × 32 kHz, see
+``TTS.py::_set_prompt_semantic``); the caller appends them."""
+HUBERT_MIN_SAMPLES: Final = 400
+"""Shortest input of the conv front-end (one 25 ms receptive field)."""
+TOKENIZER_PATH: Final = "tokenizer/tokenizer.json"
+BERT_MAX_CHARS: Final = 510
+"""512 positions minus [CLS] and [SEP] (upstream splits longer texts before BERT)."""
+
+
+class SupportModels:
+    """The support graphs of one bundle, compiled on first use, plus the BERT tokenizer.
+
+    Not thread-safe (an OpenVINO runner holds one infer request): use one instance per worker.
+
+    Args:
+        bundle: A support bundle (graphs ``hubert``, ``bert``, ``sv``; any subset).
+        backend: "onnxruntime" or "openvino".
+        options: Device and threads for every graph (None: backend defaults).
+        precision: One precision for all graphs, or a mapping graph → precision. With one
+            string, a graph that has no such variant (e.g. ``sv`` has no int8) uses fp32;
+            with a mapping, a missing variant is an error.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: BackendName = "onnxruntime",
+        options: RunnerOptions | None = None,
+        precision: str | Mapping[str, str] = "fp32",
+    ) -> None:
+        self.bundle = bundle
+        self.backend: BackendName = backend
+        self.options = options or RunnerOptions()
+        self.precision = precision
+        self._runners: dict[str, GraphRunner] = {}
+        self._tokenizer: Any = None
+
+    @classmethod
+    def load(
+        cls,
+        root: str | Path,
+        backend: BackendName = "onnxruntime",
+        options: RunnerOptions | None = None,
+        precision: str | Mapping[str, str] = "fp32",
+    ) -> SupportModels:
+        """Open the support bundle at ``root`` (see the class arguments).
+
+        Raises:
+            BundleError: missing, altered or not a bundle.
+        """
+        return cls(Bundle.load(root), backend, options, precision)
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _precision_of(self, name: str) -> str:
+        if isinstance(self.precision, str):
+            fmt = "onnx" if self.backend == "onnxruntime" else "openvino"
+            if self.bundle.graph(name).variant(fmt, self.precision) is None:  # type: ignore[arg-type]
+                _LOGGER.debug("%s: no %s variant, using fp32", name, self.precision)
+                return "fp32"
+            return self.precision
+        return self.precision.get(name, "fp32")
+
+    def runner(self, name: str) -> GraphRunner:
+        """The compiled graph ``name`` (compiled once, checked against the manifest).
+
+        Raises:
+            BundleError: the bundle has no such graph or variant, or its I/O names differ.
+            BackendError: the backend cannot compile it.
+        """
+        if name not in self._runners:
+            spec = self.bundle.graph(name)
+            path = self.bundle.graph_path(name, self.backend, self._precision_of(name))
+            runner = make_runner(path, self.backend, self.options)
+            if set(runner.input_names) != set(spec.inputs) or set(runner.output_names) != set(
+                spec.outputs
+            ):
+                raise BundleError(
+                    f"{path.name}: graph I/O {sorted(runner.input_names)} → "
+                    f"{sorted(runner.output_names)} differs from the manifest "
+                    f"{sorted(spec.inputs)} → {sorted(spec.outputs)}"
+                )
+            self._runners[name] = runner
+        return self._runners[name]
+
+    def _dim(self, graph: str, output: str, axis: int) -> int:
+        dim = self.bundle.graph(graph).outputs[output].shape[axis]
+        if not isinstance(dim, int):
+            raise BundleError(f"{self.bundle.root}: {graph}.{output} has no fixed size")
+        return dim
+
+    @property
+    def ssl_dim(self) -> int:
+        """HuBERT feature width (768)."""
+        return self._dim("hubert", "features", 1)
+
+    @property
+    def bert_dim(self) -> int:
+        """BERT feature width (1024)."""
+        return self._dim("bert", "hidden", 2)
+
+    @property
+    def sv_dim(self) -> int:
+        """Speaker vector length (20480)."""
+        return self._dim("sv", "sv", 1)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The bundled BERT ``tokenizers.Tokenizer`` (loaded once)."""
+        if self._tokenizer is None:
+            rel = self.bundle.manifest.text.get("tokenizer", TOKENIZER_PATH)
+            path = self.bundle.root / rel
+            if not path.is_file():
+                raise BundleError(f"{self.bundle.root}: no BERT tokenizer ({rel})")
+            try:
+                from tokenizers import Tokenizer
+            except ImportError as exc:
+                raise BundleError(
+                    "BERT features need the 'tokenizers' package (pip install tokenizers)"
+                ) from exc
+            self._tokenizer = Tokenizer.from_file(str(path))
+        return self._tokenizer
+
+    # ------------------------------------------------------------------------------ features
+
+    def hubert_features(self, wav16k: np.ndarray) -> np.ndarray:
+        """Content features of a 16 kHz waveform, as upstream's ``HubertModel`` call.
+
+        Args:
+            wav16k: Float waveform [N] in [-1, 1], not normalised; upstream appends
+                :data:`HUBERT_PAD_SAMPLES` zeros to the reference first (the caller's job).
+
+        Returns:
+            float32 [1, 768, T] with T = (N − 400) // 320 + 1 (50 frames per second).
+
+        Raises:
+            InputError: not a 1-D float array, or fewer than 400 samples.
+        """
+        wav = np.asarray(wav16k)
+        if wav.ndim != 1 or not np.issubdtype(wav.dtype, np.floating):
+            raise InputError(f"wav16k must be a 1-D float array, got {wav.dtype} {wav.shape}")
+        if wav.shape[0] < HUBERT_MIN_SAMPLES:
+            raise InputError(
+                f"wav16k needs at least {HUBERT_MIN_SAMPLES} samples, got {wav.shape[0]}"
+            )
+        out = self.runner("hubert").run({"wav16k": wav.astype(np.float32)[None]})
+        return out["features"]
+
+    def bert_token_ids(self, text: str) -> np.ndarray:
+        """[CLS] + one token id per character + [SEP], as int64 [len(text) + 2].
+
+        Raises:
+            InputError: the text is too long, or does not tokenize one token per character
+                (upstream relies on that too; normalised Chinese text always does).
+        """
+        if len(text) > BERT_MAX_CHARS:
+            raise InputError(
+                f"BERT text must have at most {BERT_MAX_CHARS} characters, got {len(text)}"
+            )
+        enc = self.tokenizer.encode(text)
+        chars = [(i, i + 1) for i in range(len(text))]
+        if len(enc.ids) != len(text) + 2 or list(enc.offsets[1:-1]) != chars:
+            raise InputError(
+                f"BERT text must tokenize to one token per character; {text!r} gives "
+                f"{enc.tokens[1:-1]}"
+            )
+        return np.asarray(enc.ids, dtype=np.int64)
+
+    def bert_features(self, text: str, word2ph: Sequence[int]) -> np.ndarray:
+        """Phone-level BERT features, as upstream's ``get_bert_feature`` (transposed).
+
+        Char-level tokens through the ``bert`` graph (``hidden_states[-3]``), [CLS]/[SEP]
+        dropped, each character's vector repeated ``word2ph[i]`` times.
+
+        Args:
+            text: The normalised Chinese text (``norm_text`` of the frontend).
+            word2ph: Phones per character; ``len(word2ph) == len(text)``.
+
+        Returns:
+            float32 [sum(word2ph), 1024] (upstream returns the transpose, [1024, n_phones]).
+
+        Raises:
+            InputError: length mismatch, negative counts, or text the tokenizer splits
+                differently from its characters.
+        """
+        counts = np.asarray(word2ph, dtype=np.int64)
+        if counts.ndim != 1 or counts.shape[0] != len(text):
+            raise InputError(
+                f"word2ph must have one entry per character: {len(text)} characters, "
+                f"{counts.size} entries"
+            )
+        if (counts < 0).any():
+            raise InputError("word2ph entries must be ≥ 0")
+        ids = self.bert_token_ids(text)[None]  # (1, T + 2)
+        out = self.runner("bert").run(
+            {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "token_type_ids": np.zeros_like(ids),
+            }
+        )
+        per_char = out["hidden"][0, 1:-1]  # (T, 1024)
+        return np.repeat(per_char, counts, axis=0)
+
+    def speaker_vector(self, wav32k: np.ndarray) -> np.ndarray:
+        """ERes2NetV2 speaker vector of the (peak-normalised) 32 kHz reference.
+
+        ``sv_fbank`` (resample to 16 kHz, Kaldi fbank) → ``sv`` graph, as upstream ``sv.py``.
+
+        Returns:
+            float32 [sv_dim] (20480 for the pretrained model).
+
+        Raises:
+            InputError: bad shape or too short for one fbank frame.
+        """
+        wav = np.asarray(wav32k)
+        if wav.ndim != 1:
+            raise InputError(f"wav32k must be 1-D, got shape {wav.shape}")
+        fbank = sv_fbank(wav)  # (T, 80)
+        return self.runner("sv").run({"fbank": fbank[None].astype(np.float32)})["sv"][0]
