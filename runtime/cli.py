@@ -200,5 +200,41 @@ def info_cmd(bundle: Path | None, verify: bool) -> None:
             click.echo(line)
 
 
+@main.command("phonemize")
+@click.argument("text")
+@click.option(
+    "--lang",
+    default="zh",
+    show_default=True,
+    help="zh, en, ja, ko, yue, auto, auto_yue, all_zh, all_ja, all_ko, all_yue.",
+)
+@click.option(
+    "--version",
+    "symbols_version",
+    type=click.Choice(["v1", "v2"]),
+    default="v2",
+    show_default=True,
+    help="Symbol table (v1 models use v1).",
+)
+@click.option(
+    "--split",
+    "split_method",
+    default="cut5",
+    show_default=True,
+    help="Text split method cut0–cut5.",
+)
+@click.option("--g2pw", type=click.Path(path_type=Path), help="Local G2PWModel folder (zh).")
+def phonemize_cmd(
+    text: str, lang: str, symbols_version: str, split_method: str, g2pw: Path | None
+) -> None:
+    """Print the segments, normalised text, phones, ids and word2ph of TEXT as JSON."""
+    import json
+
+    from gsv_runtime.text import phonemize
+
+    result = phonemize(text, lang, symbols_version, split_method=split_method, g2pw_dir=g2pw)
+    click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -66,3 +66,18 @@ def test_bad_checkpoint_gives_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0
     assert result.output.startswith("error: ") and "bad.pth" in result.output
+
+
+def test_phonemize_prints_json() -> None:
+    import json
+
+    result = CliRunner().invoke(main, ["phonemize", "--lang", "zh", "你好，世界。"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["segments"][0]["phones"][:4] == ["n", "i2", "h", "ao3"]
+
+
+def test_phonemize_bad_language_is_one_line() -> None:
+    result = CliRunner().invoke(main, ["phonemize", "--lang", "xx", "hello"])
+    assert result.exit_code == 1 and result.output.startswith("error: ")
+    assert result.output.strip().count("\n") == 0
