@@ -1,0 +1,308 @@
+"""onnxruntime GPT sessions: ``canonical`` (explicit past → present) and ``gqa`` (shared cache).
+
+Both keep the KV cache as OrtValues on the session's device between steps (IOBinding), so on
+CUDA nothing but tokens, positions, masks and logits crosses the bus. ``canonical`` also runs
+on OpenVINO through the plain runner (KV then round-trips through numpy each step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.bundle import Bundle
+from gsv_runtime.errors import BackendError, InputError
+from gsv_runtime.t2s import (
+    PREFILL,
+    STEP,
+    STEP_GQA,
+    STEP_GQA_KV16,
+    PrefixBatch,
+    RowState,
+    T2SSession,
+    as_rows,
+    as_tokens,
+    graph_file,
+    kv_names,
+    layer_count,
+)
+
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class _Device:
+    """Where OrtValues live: ``cpu`` or ``cuda`` + index, from RunnerOptions.device."""
+
+    def __init__(self, device: str) -> None:
+        kind, _, index = device.lower().partition(":")
+        self.kind = kind
+        self.index = int(index or 0)
+
+    def upload(self, array: np.ndarray) -> Any:
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.kind, self.index)
+
+
+class _OrtGraph:
+    """One ORT session used through IOBinding: host inputs in, KV OrtValues stay on device."""
+
+    def __init__(self, runner: GraphRunner, device: _Device) -> None:
+        self.session = runner.session  # type: ignore[attr-defined]
+        self.input_names = runner.input_names
+        self.output_names = runner.output_names
+        self.device = device
+
+    def run(
+        self, host: dict[str, np.ndarray], kv_in: dict[str, Any], kv_out: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], list[Any]]:
+        """Run once; outputs in ``kv_out`` stay OrtValues on the device, the rest come to host."""
+        io = self.session.io_binding()
+        for name, value in host.items():
+            io.bind_cpu_input(name, value)
+        for name, value in kv_in.items():
+            io.bind_ortvalue_input(name, value)
+        kv_set = set(kv_out)
+        host_out = [n for n in self.output_names if n not in kv_set]
+        for name in host_out:
+            io.bind_output(name, "cpu")
+        for name in kv_out:
+            io.bind_output(name, self.device.kind, self.device.index)
+        self.session.run_with_iobinding(io)
+        values = dict(zip(self.output_names, io.get_outputs(), strict=True))
+        host = {n: np.array(values[n].numpy(), copy=True) for n in host_out}
+        return host, [values[n] for n in kv_out]
+
+
+class _PlainGraph:
+    """Any GraphRunner (e.g. OpenVINO on the canonical ONNX): KV round-trips through numpy."""
+
+    def __init__(self, runner: GraphRunner) -> None:
+        self.runner = runner
+        self.output_names = runner.output_names
+
+    def run(
+        self, host: dict[str, np.ndarray], kv_in: dict[str, Any], kv_out: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], list[Any]]:
+        out = self.runner.run({**host, **kv_in})
+        kv_set = set(kv_out)
+        return {n: v for n, v in out.items() if n not in kv_set}, [out[n] for n in kv_out]
+
+
+def _to_host(value: Any) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+class CanonicalSession:
+    """``t2s_prefill`` + ``t2s_step``: the step appends one slot per row (Concat in the graph)."""
+
+    design = "canonical"
+
+    def __init__(
+        self, prefill: Any, step: Any, n_layer: int, upload: Callable[[np.ndarray], Any]
+    ) -> None:
+        self._prefill, self._step = prefill, step
+        self._past = kv_names(n_layer, "past")
+        self._present = kv_names(n_layer, "present")
+        self._upload = upload
+        self._rows: RowState | None = None
+        self._kv: list[Any] = []
+
+    @property
+    def batch(self) -> int:
+        return 0 if self._rows is None else self._rows.batch
+
+    def _state(self) -> RowState:
+        if self._rows is None:
+            raise InputError("call prefill() before step() or keep()")
+        return self._rows
+
+    def prefill(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None = None,
+        prompt_lens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        batch = PrefixBatch.build(phones, phone_lens, bert, prompt, prompt_lens)
+        host, self._kv = self._prefill.run(batch.feed(), {}, self._present)
+        self._rows = RowState(batch)
+        return host["logits"]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        rows = self._state()
+        feed = {
+            "tokens": as_tokens(tokens, rows.batch),
+            "positions": rows.positions(),
+            "mask": rows.append_mask(),
+        }
+        host, self._kv = self._step.run(
+            feed, dict(zip(self._past, self._kv, strict=True)), self._present
+        )
+        rows.steps += 1
+        return host["logits"]
+
+    def keep(self, rows: Sequence[int] | np.ndarray) -> None:
+        state = self._state()
+        idx = as_rows(rows, state.batch)
+        state.keep(idx)
+        self._kv = [self._upload(_to_host(v)[idx]) for v in self._kv]
+
+
+class GqaSession:
+    """``t2s_prefill`` + ``t2s_step_gqa[_kv16]``: preallocated caches written in place.
+
+    The prefill's K/V are copied once into [B, nh, prefix + max_tokens, hs] buffers; each step
+    binds ``present.*`` to the same OrtValues as ``past_key_values.*``, and GroupQueryAttention
+    writes row i's new K/V at slot ``seqlens_k[i]`` (= L_i + t) and attends over slots ≤ it.
+    """
+
+    design = "gqa"
+
+    def __init__(
+        self,
+        prefill: _OrtGraph,
+        step: _OrtGraph,
+        n_layer: int,
+        kv_dtype: type,
+        max_tokens: int,
+    ) -> None:
+        self._prefill, self._step = prefill, step
+        self._past = kv_names(n_layer, "past")
+        self._present = kv_names(n_layer, "present")
+        self._kv_dtype = kv_dtype
+        self._max_tokens = max_tokens
+        self._rows: RowState | None = None
+        self._kv: list[Any] = []
+        self._io: Any = None
+
+    @property
+    def batch(self) -> int:
+        return 0 if self._rows is None else self._rows.batch
+
+    def _state(self) -> RowState:
+        if self._rows is None:
+            raise InputError("call prefill() before step() or keep()")
+        return self._rows
+
+    def prefill(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None = None,
+        prompt_lens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        batch = PrefixBatch.build(phones, phone_lens, bert, prompt, prompt_lens)
+        host, kv = self._prefill.run(batch.feed(), {}, self._present)
+        self._rows = RowState(batch)
+        width = batch.width + self._max_tokens
+        buffers = []
+        for value in kv:
+            prefix = _to_host(value)  # (B, nh, S, hs)
+            b, nh, s, hs = prefix.shape
+            buf = np.zeros((b, nh, width, hs), self._kv_dtype)
+            buf[:, :, :s] = prefix
+            buffers.append(buf)
+        self._bind(buffers)
+        return host["logits"]
+
+    def _bind(self, buffers: list[np.ndarray]) -> None:
+        """Upload the caches and bind each as both past and present of one IOBinding."""
+        self._kv = [self._step.device.upload(b) for b in buffers]
+        io = self._step.session.io_binding()
+        io.bind_output("logits", "cpu")  # first bound → get_outputs()[0]
+        for past, present, value in zip(self._past, self._present, self._kv, strict=True):
+            io.bind_ortvalue_input(past, value)
+            io.bind_ortvalue_output(present, value)
+        self._io = io
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        rows = self._state()
+        seqlens = (rows.lens + rows.steps).astype(np.int32)  # past length of each row
+        capacity = self._kv[0].shape()[2]
+        if int(seqlens.max()) >= capacity:
+            raise InputError(
+                f"the GQA cache holds {capacity} slots (prefix + max_tokens); load the "
+                "decoder with a larger max_tokens"
+            )
+        io = self._io
+        io.bind_cpu_input("tokens", as_tokens(tokens, rows.batch))
+        io.bind_cpu_input("positions", rows.positions())
+        io.bind_cpu_input("seqlens_k", seqlens)
+        io.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
+        self._step.session.run_with_iobinding(io)
+        rows.steps += 1
+        # copy: the array may view memory the binding reuses on the next run
+        return np.array(io.get_outputs()[0].numpy(), copy=True)
+
+    def keep(self, rows: Sequence[int] | np.ndarray) -> None:
+        state = self._state()
+        idx = as_rows(rows, state.batch)
+        state.keep(idx)
+        self._bind([v.numpy()[idx] for v in self._kv])
+
+
+def _ort_graphs(
+    bundle: Bundle, names: Sequence[tuple[str, str]], options: RunnerOptions
+) -> list[_OrtGraph]:
+    device = _Device(options.device)
+    graphs = []
+    for name, precision in names:
+        runner = make_runner(
+            graph_file(bundle, name, "onnxruntime", precision), "onnxruntime", options
+        )
+        graphs.append(_OrtGraph(runner, device))
+    return graphs
+
+
+def load_canonical(
+    bundle: Bundle, backend: BackendName, options: RunnerOptions, precision: str
+) -> Callable[[], T2SSession]:
+    """Compile ``t2s_prefill`` and ``t2s_step``; return a session factory.
+
+    On OpenVINO the ONNX graphs are compiled as they are (explicit I/O; slow at long context).
+    """
+    n_layer = layer_count(bundle.graph(STEP))
+    if backend == "onnxruntime":
+        prefill, step = _ort_graphs(bundle, [(PREFILL, precision), (STEP, precision)], options)
+        upload = step.device.upload
+        return lambda: CanonicalSession(prefill, step, n_layer, upload)
+    if precision not in ("fp32", "bf16"):
+        raise BackendError(
+            f"OpenVINO without the stateful t2s_decoder runs the fp32 ONNX graphs only "
+            f"(asked for {precision}); export the openvino format"
+        )
+    hint = "bf16" if precision == "bf16" else "f32"
+    ov_options = RunnerOptions(options.device, options.threads, hint)
+    graphs = [
+        _PlainGraph(make_runner(graph_file(bundle, g, "onnxruntime", "fp32"), backend, ov_options))
+        for g in (PREFILL, STEP)
+    ]
+    return lambda: CanonicalSession(graphs[0], graphs[1], n_layer, lambda a: a)
+
+
+def load_gqa(
+    bundle: Bundle, options: RunnerOptions, precision: str, max_tokens: int
+) -> Callable[[], T2SSession]:
+    """Compile ``t2s_prefill`` and the GQA step (``t2s_step_gqa_kv16`` for fp16).
+
+    Raises:
+        InputError: max_tokens < 1.
+    """
+    if max_tokens < 1:
+        raise InputError(f"max_tokens must be >= 1, but got {max_tokens}")
+    kv16 = precision == "fp16"
+    step_name, step_precision = (STEP_GQA_KV16, "fp16") if kv16 else (STEP_GQA, precision)
+    prefill_precision = precision
+    spec = bundle.graph(step_name)
+    kv_dtype = _DTYPES[spec.inputs["past_key_values.0.key"].dtype]
+    prefill, step = _ort_graphs(
+        bundle, [(PREFILL, prefill_precision), (step_name, step_precision)], options
+    )
+    n_layer = layer_count(spec)
+    return lambda: GqaSession(prefill, step, n_layer, kv_dtype, max_tokens)
