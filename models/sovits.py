@@ -46,19 +46,26 @@ def stretched_lengths(lengths: torch.Tensor, speed: float) -> torch.Tensor:
 
 
 def _stretch(y: torch.Tensor, lengths: torch.Tensor, speed: float) -> torch.Tensor:
-    """Per-row linear resampling of ``y`` [B, C, T] from ``lengths`` to stretched lengths.
+    """Per-row linear resampling of ``y`` [B, C, T] to :func:`stretched_lengths` at ``speed``."""
+    return resample_frames(y, lengths, stretched_lengths(lengths, speed))
+
+
+def resample_frames(
+    y: torch.Tensor, lengths: torch.Tensor, out_lengths: torch.Tensor
+) -> torch.Tensor:
+    """Per-row linear resampling of ``y`` [B, C, T] from ``lengths`` to ``out_lengths`` frames.
 
     For each row this computes what ``F.interpolate(row, size, mode="linear")`` (align_corners
     False) computes for the row alone: source index ``(j + 0.5) · s − 0.5`` clamped at 0, with
     the float32 scale ``s = L_in / L_out``. torch's CPU kernel evaluates the index with one
     fused multiply-add; doing it in float64 and rounding once reproduces that (a plain float32
     evaluation is off by up to an ulp of the index, ~1e-4 of a frame at 1000 frames). The final
-    blend may differ from torch's by 1 ulp. The output has ``max(stretched lengths)`` frames
-    (sized from data, not from a Python int, so an exported graph keeps it dynamic); frames past
-    a row's new length are junk.
+    blend may differ from torch's by 1 ulp. A row whose length does not change is copied
+    exactly (``s = 1``, zero blend weight). The output has ``max(out_lengths)`` frames (sized
+    from data, not from a Python int, so an exported graph keeps it dynamic and the target
+    lengths can be a graph input); frames past a row's new length are junk.
     """
     b, c, t_in = y.shape
-    out_lengths = stretched_lengths(lengths, speed)
     scale = lengths.to(torch.float32) / out_lengths.to(torch.float32)  # (B,)
     j = torch.arange(out_lengths.max(), device=y.device).to(torch.float32) + 0.5  # (T',)
     t_out = j.shape[0]
@@ -107,8 +114,13 @@ class TextEncoder(nn.Module):
         text_lengths: torch.Tensor,
         ge: torch.Tensor,
         speed: float = 1.0,
+        frame_lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(m [B, C, T'], logs [B, C, T'], mask [B, 1, T'], lengths [B])``."""
+        """Returns ``(m [B, C, T'], logs [B, C, T'], mask [B, 1, T'], lengths [B])``.
+
+        ``frame_lengths`` (per-row frames after the speed change, used instead of ``speed``)
+        resamples unconditionally, so an exported graph takes the speed as data.
+        """
         y_mask = sequence_mask(y_lengths, y.shape[2]).unsqueeze(1).to(y.dtype)  # (B, 1, T)
         y = self.ssl_proj(y * y_mask) * y_mask
         y = self.encoder_ssl(y * y_mask, y_mask)
@@ -118,9 +130,11 @@ class TextEncoder(nn.Module):
         y = self.mrte(y, y_mask, t, text_mask, ge)
         y = self.encoder2(y * y_mask, y_mask)
         lengths = y_lengths
-        if speed != 1:
-            y = _stretch(y, y_lengths, speed)
-            lengths = stretched_lengths(y_lengths, speed)
+        if frame_lengths is None and speed != 1:
+            frame_lengths = stretched_lengths(y_lengths, speed)
+        if frame_lengths is not None:
+            y = resample_frames(y, y_lengths, frame_lengths)
+            lengths = frame_lengths
             y_mask = sequence_mask(lengths, y.shape[2]).unsqueeze(1).to(y.dtype)
         stats = self.proj(y) * y_mask
         m, logs = torch.split(stats, self.out_channels, dim=1)
@@ -245,6 +259,7 @@ class SoVITSModel(nn.Module):
         noise_scale: float | torch.Tensor = 0.5,
         noise: torch.Tensor | None = None,
         speed: float = 1.0,
+        frame_lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic codes + phones + reference vector → waveform.
 
@@ -257,16 +272,22 @@ class SoVITSModel(nn.Module):
             noise_scale: prior noise scale (upstream default 0.5); float or ``[B]``.
             noise: standard-normal ``[B, inter_channels, T']``: ``T' = 2T`` at speed 1,
                 else ``max(frame_lengths(code_lengths, speed))`` (``int(2T / speed) + 1`` when
-                the longest row fills ``T``). None draws ``torch.randn_like`` at the same point
-                as upstream, so a batch of one with the same torch seed reproduces upstream.
+                the longest row fills ``T``), or ``max(frame_lengths)`` when those are given.
+                None draws ``torch.randn_like`` at the same point as upstream, so a batch of
+                one with the same torch seed reproduces upstream.
             speed: time stretch of the prior (>1 is faster), linear per row as upstream.
+            frame_lengths: ``[B]`` prior frames per row after the speed change, instead of
+                ``speed`` (per-row speeds; the exported decoder takes speed this way). Equal
+                to ``2 · code_lengths`` for a row at speed 1 (that row is then copied exactly).
 
         Returns:
             ``(wav [B, 1, T' · hop], sample_lengths [B])``, zero past each row's length.
 
         Raises:
-            ValueError: on a noise tensor of the wrong shape.
+            ValueError: on a noise tensor of the wrong shape, or both speed and frame_lengths.
         """
+        if frame_lengths is not None and speed != 1:
+            raise ValueError("give speed or frame_lengths, not both")
         quantized = self.quantizer.decode(codes)  # (B, ssl_dim, T)
         quantized = F.interpolate(quantized, size=2 * quantized.shape[2], mode="nearest")
         m, logs, mask, lengths = self.enc_p(
@@ -276,6 +297,7 @@ class SoVITSModel(nn.Module):
             phone_lengths,
             self.text_condition(ge),
             speed,
+            frame_lengths,
         )
         if noise is None:
             noise = torch.randn_like(m)
