@@ -80,7 +80,7 @@ def _voice_sections(gpt: Any, sovits: Any, support: str | None) -> dict[str, dic
         "text": {
             "symbols_version": version.symbols_version,
             "n_symbols": s2.n_symbols,
-            "bert_dim": 1024,
+            "bert_dim": t2s.bert_dim,
         },
         "t2s": {
             "n_layer": t2s.n_layer,
@@ -193,19 +193,21 @@ def export_support_bundle(
     Raises:
         CheckpointError, InputError, BundleError, ParityError: nothing is left at ``out``.
     """
-    from gsv_export.support import export_support_graphs, verify_support
+    from gsv_export.support import export_support_graphs, load_support_modules, verify_support
 
     fmts = _choices(formats, FORMATS, "format")
     precs = _choices(precisions, PRECISIONS, "precision")
+    with _stage(progress, "loading HuBERT, BERT" + (" and the speaker model" if sv else "")):
+        modules = load_support_modules(hubert, bert, sv)
     with staging_dir(Path(out)) as work:
         with _stage(progress, "exporting support graphs"):
             graphs, info = export_support_graphs(
-                Path(hubert), Path(bert), Path(sv) if sv else None, work, fmts, precs
+                hubert, bert, sv, work, fmts, precs, modules=modules
             )
         report = ParityReport()
         if verify:
             with _stage(progress, "checking parity against PyTorch"):
-                report.extend(verify_support(work, graphs, info))
+                report.extend(verify_support(work, graphs, modules))
             for check in report.checks:
                 progress("  " + check.line())
             report.raise_if_failed()
@@ -213,9 +215,10 @@ def export_support_bundle(
             work,
             "support",
             graphs,
-            model={"family": "gpt-sovits-support", **info.get("model", {})},
-            source=info.get("source", {}),
-            audio={"ssl_sample_rate": 16000, "sv_sample_rate": 16000},
+            model={"family": "gpt-sovits-support", "notes": info.get("notes", [])},
+            source=info["source"],
+            audio=info["audio"],
+            text=info["text"],
             parity={"checks": [c.to_dict() for c in report.checks]},
         )
     progress(f"wrote {out}")

@@ -52,7 +52,7 @@ from gsv_export.graph_io import (
     tensor,
 )
 from gsv_models.config import T2SConfig
-from gsv_models.t2s import BERT_DIM, T2SModel
+from gsv_models.t2s import T2SModel
 from gsv_runtime.bundle import GraphFile, GraphSpec, TensorSpec
 from gsv_runtime.t2s import (
     DECODER,
@@ -85,7 +85,7 @@ def gpt_decls(cfg: T2SConfig) -> dict[str, GraphDecl]:
     prefix_in = {
         "phones": tensor("int64", "batch", "phones"),
         "phone_lens": tensor("int64", "batch"),
-        "bert": tensor("float32", "batch", "phones", BERT_DIM),
+        "bert": tensor("float32", "batch", "phones", cfg.bert_dim),
         "prompt": tensor("int64", "batch", "prompt"),
         "prompt_lens": tensor("int64", "batch"),
     }

@@ -20,7 +20,7 @@ import torch
 
 from gsv_export.parity import Check, ParityReport, relative_max_diff
 from gsv_models.sampling import SamplingParams
-from gsv_models.t2s import BERT_DIM, T2SModel
+from gsv_models.t2s import T2SModel
 from gsv_runtime.backends import RunnerOptions, available_backends, make_runner
 from gsv_runtime.bundle import Bundle, GraphSpec, Manifest
 from gsv_runtime.errors import GsvError
@@ -69,7 +69,7 @@ def verify_batch(model: T2SModel, seed: int = 0) -> dict[str, np.ndarray]:
     return {
         "phones": torch.randint(0, cfg.phoneme_vocab_size, (2, sx), generator=g).numpy(),
         "phone_lens": np.array([sx, sx - 5]),
-        "bert": torch.randn(2, sx, BERT_DIM, generator=g).numpy(),
+        "bert": torch.randn(2, sx, cfg.bert_dim, generator=g).numpy(),
         "prompt": torch.randint(0, cfg.eos, (2, sy), generator=g).numpy(),
         "prompt_lens": np.array([sy - 3, sy]),
     }

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gsv_models.config import T2SConfig
-from gsv_models.t2s import BERT_DIM, T2SModel
+from gsv_models.t2s import T2SModel
 
 
 def dummy_prefix(cfg: T2SConfig, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -25,7 +25,7 @@ def dummy_prefix(cfg: T2SConfig, batch: int = 2, seed: int = 0) -> tuple[torch.T
     sx, sy = 6, 4
     phones = torch.randint(0, cfg.phoneme_vocab_size, (batch, sx), generator=g)
     phone_lens = torch.tensor([sx - (i % 3) for i in range(batch)])
-    bert = torch.randn(batch, sx, BERT_DIM, generator=g)
+    bert = torch.randn(batch, sx, cfg.bert_dim, generator=g)
     prompt = torch.randint(0, cfg.eos, (batch, sy), generator=g)
     prompt_lens = torch.tensor([sy - ((i + 1) % 2) for i in range(batch)])
     return phones, phone_lens, bert, prompt, prompt_lens

@@ -37,7 +37,12 @@ class Check:
 
     def to_dict(self) -> dict[str, object]:
         """For the manifest's ``parity`` section."""
-        return {"name": self.name, "value": self.value, "limit": self.limit, "ok": self.ok}
+        return {
+            "name": self.name,
+            "value": float(self.value),
+            "limit": float(self.limit),
+            "ok": bool(self.ok),
+        }
 
 
 @dataclass

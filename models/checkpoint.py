@@ -173,6 +173,7 @@ def _load_gpt(path: Path, payload: Mapping[str, Any], header: bytes) -> Checkpoi
         if k.startswith(_GPT_PREFIX) and not k.startswith(_GPT_PREFIX + "ar_accuracy_metric.")
     }
     version = _gpt_version(state, cfg, path)
+    cfg = replace(cfg, bert_dim=state["bert_proj.weight"].shape[1])
     return Checkpoint(path, "gpt", version, cfg, state, raw, payload.get("info"), header, "")
 
 

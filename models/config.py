@@ -24,6 +24,9 @@ class T2SConfig:
     eos: int = 1024
     max_sec: int = 54
     """Upstream's early-stop bound is 50 Hz × max_sec tokens (above the 1500-step cap)."""
+    bert_dim: int = 1024
+    """Width of the BERT features (RoBERTa-large: 1024); not stored upstream, read off
+    ``bert_proj``, so shrunk test models can pair with a shrunk BERT."""
 
     @classmethod
     def from_upstream(cls, config: Mapping[str, Any]) -> T2SConfig:

@@ -24,7 +24,7 @@ def _params(model: nn.Module) -> str:
 
 def _gpt_forward(model: nn.Module, cfg: T2SConfig, gen: torch.Generator) -> str:
     phones = torch.randint(0, 322, (1, 30), generator=gen)
-    bert = torch.zeros(1, 30, 1024)
+    bert = torch.zeros(1, 30, cfg.bert_dim)
     prompt = torch.randint(0, cfg.vocab_size - 1, (1, 50), generator=gen)
     start = time.perf_counter()
     tokens = model.generate(

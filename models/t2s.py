@@ -35,7 +35,6 @@ from gsv_models.config import T2SConfig
 from gsv_models.sampling import decode_step
 from gsv_runtime.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams
 
-BERT_DIM: Final = 1024
 """Width of the phone-level BERT features (``bert_proj`` input)."""
 LN_EPS: Final = 1e-5
 DEFAULT_MAX_POSITIONS: Final = 4000
@@ -276,7 +275,7 @@ class T2SModel(nn.Module):
             )
         self.config = config
         d = config.hidden_dim
-        self.bert_proj = nn.Linear(BERT_DIM, d)
+        self.bert_proj = nn.Linear(config.bert_dim, d)
         self.ar_text_embedding = TokenEmbedding(config.phoneme_vocab_size, d)
         self.ar_text_position = PositionScale()
         self.ar_audio_embedding = TokenEmbedding(config.vocab_size, d)
@@ -366,9 +365,10 @@ class T2SModel(nn.Module):
         sy = prompt.shape[1]
         if prompt_lens is None:
             prompt_lens = torch.full((b,), sy, dtype=torch.long, device=phones.device)
-        if bert.shape != (b, sx, BERT_DIM):
+        bert_dim = self.config.bert_dim
+        if bert.shape != (b, sx, bert_dim):
             raise ValueError(
-                f"bert must be [B, Sx, {BERT_DIM}] = {(b, sx, BERT_DIM)}, got {tuple(bert.shape)}"
+                f"bert must be [B, Sx, {bert_dim}] = {(b, sx, bert_dim)}, got {tuple(bert.shape)}"
             )
         if max(sx, sy) > self.max_positions:
             raise ValueError(f"prefix longer than the {self.max_positions} position table rows")

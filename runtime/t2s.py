@@ -145,8 +145,10 @@ class PrefixBatch:
         if lens.shape != (b,) or lens.min() < 1 or lens.max() > sx:
             raise InputError(f"phone_lens must be {b} values in [1, {sx}], got {lens.tolist()}")
         bert = np.ascontiguousarray(bert, dtype=np.float32)
-        if bert.shape != (b, sx, 1024):
-            raise InputError(f"bert must be [B, Sx, 1024] = {(b, sx, 1024)}, got {bert.shape}")
+        if bert.ndim != 3 or bert.shape[:2] != (b, sx):
+            raise InputError(
+                f"bert must be [B, Sx, bert_dim] with B, Sx = {b, sx}, got {bert.shape}"
+            )
         if prompt is None or np.asarray(prompt).size == 0:
             prompt = np.zeros((b, 1), np.int64)
             prompt_lens = np.zeros(b, np.int64)

@@ -44,7 +44,10 @@ def t2s_config(version: ModelVersion, size: Size) -> T2SConfig:
     rows = 512 if version is ModelVersion.V1 else 732
     if size == "full":
         return T2SConfig(phoneme_vocab_size=rows)
-    return T2SConfig(phoneme_vocab_size=rows, embedding_dim=64, hidden_dim=64, n_head=4, n_layer=2)
+    # bert_dim 64 pairs with the tiny BERT stand-in (gsv_models.testing.support_dirs)
+    return T2SConfig(
+        phoneme_vocab_size=rows, embedding_dim=64, hidden_dim=64, n_head=4, n_layer=2, bert_dim=64
+    )
 
 
 def sovits_config(version: ModelVersion, size: Size) -> SoVITSConfig:

@@ -31,7 +31,7 @@ from typing import Final
 import torch
 from torch import Tensor
 
-from gsv_models.t2s import BERT_DIM, T2SModel
+from gsv_models.t2s import T2SModel
 
 BRANCH_BUDGET: Final = 0.7
 """Standard deviation the whole residual stack adds relative to the unit-variance stream."""
@@ -93,7 +93,9 @@ def randomize_t2s_(
     audio = params_like(model.ar_audio_embedding.word_embeddings.weight, 1.0)
     audio[:, clock] = 0.0  # tokens leave the clock alone
     model.ar_audio_embedding.word_embeddings.weight.copy_(audio)
-    model.bert_proj.weight.copy_(params_like(model.bert_proj.weight, 0.5 / math.sqrt(BERT_DIM)))
+    model.bert_proj.weight.copy_(
+        params_like(model.bert_proj.weight, 0.5 / math.sqrt(model.config.bert_dim))
+    )
     model.bert_proj.bias.copy_(params_like(model.bert_proj.bias, AFFINE_NOISE))
     model.ar_text_position.alpha.fill_(1.0)
     model.ar_audio_position.alpha.fill_(1.0)
