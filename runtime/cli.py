@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from gsv_runtime.errors import GsvError
+from gsv_runtime.errors import GsvError, InputError
 
 _VERSIONS = ["v1", "v2", "v2Pro", "v2ProPlus"]
 
@@ -198,6 +199,251 @@ def info_cmd(bundle: Path | None, verify: bool) -> None:
     if bundle is not None:
         for line in describe_bundle(bundle, verify_hashes=verify):
             click.echo(line)
+
+
+_RUNTIME_OPTIONS = [
+    click.option(
+        "--backend", default="auto", show_default=True, help="auto, onnxruntime or openvino."
+    ),
+    click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="cpu, cuda[:N] (onnxruntime) or an OpenVINO device (GPU, NPU).",
+    ),
+    click.option("--threads", type=int, help="Intra-op threads per graph (default: all cores)."),
+    click.option(
+        "--precision",
+        default="fp32",
+        show_default=True,
+        help="Graph variant: fp32, fp16, bf16 (OpenVINO), int8.",
+    ),
+    click.option(
+        "--support",
+        type=click.Path(path_type=Path),
+        help="Support bundle (default: the one the voice bundle names).",
+    ),
+    click.option("--g2pw", type=click.Path(path_type=Path), help="Local G2PWModel folder (zh)."),
+]
+
+
+def _runtime_options(func):  # type: ignore[no-untyped-def]
+    for option in reversed(_RUNTIME_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _synthesizer(
+    bundle: Path,
+    backend: str,
+    device: str,
+    threads: int | None,
+    precision: str,
+    support: Path | None,
+    g2pw: Path | None,
+):  # type: ignore[no-untyped-def]
+    from gsv_runtime.synthesizer import Synthesizer
+
+    return Synthesizer.load(bundle, backend, device, threads, precision, support, g2pw)
+
+
+@main.group("voice")
+def voice_group() -> None:
+    """Manage the voices (prepared references) saved in a voice bundle."""
+
+
+@voice_group.command("add")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "-r",
+    "--ref",
+    "ref_audio",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Reference audio (3–10 s; wav, flac, ogg, mp3).",
+)
+@click.option("-p", "--prompt-text", default="", help="What the reference says.")
+@click.option("--prompt-lang", default="zh", show_default=True)
+@click.option("--name", help="Voice name (default: the reference file's name).")
+@click.option(
+    "--aux-ref",
+    "aux_refs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="More references of the same speaker (ge averaged).",
+)
+@click.option("--any-length", is_flag=True, help="Accept references outside 3–10 s.")
+@_runtime_options
+def voice_add_cmd(
+    bundle: Path,
+    ref_audio: Path,
+    prompt_text: str,
+    prompt_lang: str,
+    name: str | None,
+    aux_refs: tuple[Path, ...],
+    any_length: bool,
+    backend: str,
+    device: str,
+    threads: int | None,
+    precision: str,
+    support: Path | None,
+    g2pw: Path | None,
+) -> None:
+    """Prepare a reference once and store it in BUNDLE (no HuBERT or audio needed later)."""
+    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw)
+    voice = synth.voice(
+        ref_audio,
+        prompt_text,
+        prompt_lang,
+        aux_ref_audio_paths=aux_refs,
+        check_duration=not any_length,
+    )
+    folder = voice.save(bundle, name or ref_audio.stem)
+    click.echo(
+        f"saved voice {folder.name} ({len(voice.prompt_tokens)} prompt tokens, "
+        f"{len(voice.prompt_phones)} prompt phones, {voice.ge.shape[0]} reference(s))"
+    )
+
+
+@voice_group.command("list")
+@click.argument("bundle", type=click.Path(path_type=Path))
+def voice_list_cmd(bundle: Path) -> None:
+    """List the voices saved in BUNDLE."""
+    from gsv_runtime.voice import saved_voices
+
+    for name in saved_voices(bundle):
+        click.echo(name)
+
+
+def _read_text(text: str | None, text_file: Path | None) -> str:
+    if (text is None) == (text_file is None):
+        raise InputError("give the text with -t TEXT or -f FILE (- for standard input)")
+    if text_file is None:
+        return str(text)
+    if str(text_file) == "-":
+        return click.get_text_stream("stdin").read()
+    try:
+        return text_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{text_file}: cannot read text ({exc})") from None
+
+
+@main.command("tts")
+@click.option(
+    "-m",
+    "--model",
+    "bundle",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Voice bundle directory.",
+)
+@click.option("-v", "--voice", "voice_name", help="A voice saved with `gsv voice add`.")
+@click.option(
+    "-r",
+    "--ref",
+    "ref_audio",
+    type=click.Path(path_type=Path),
+    help="Reference audio (instead of a saved voice).",
+)
+@click.option("-p", "--prompt-text", default="", help="What the reference says.")
+@click.option("--prompt-lang", default="zh", show_default=True)
+@click.option("-t", "--text", help="Text to speak.")
+@click.option(
+    "-f",
+    "--file",
+    "text_file",
+    type=click.Path(path_type=Path),
+    help="UTF-8 text file to speak (- for standard input).",
+)
+@click.option(
+    "--lang",
+    default="zh",
+    show_default=True,
+    help="zh, en, ja, ko, yue, auto, auto_yue, all_zh, all_ja, all_ko, all_yue.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output WAV (- for standard output).",
+)
+@click.option("--seed", type=int, default=-1, show_default=True, help="-1: random.")
+@click.option("--top-k", type=int)
+@click.option("--top-p", type=float)
+@click.option("--temperature", type=float)
+@click.option("--repetition-penalty", type=float)
+@click.option("--noise-scale", type=float)
+@click.option("--speed", "speed_factor", type=float, default=1.0, show_default=True)
+@click.option("--split", "text_split_method", default="cut1", show_default=True, help="cut0–cut5.")
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--fragment-interval", type=float, default=0.3, show_default=True)
+@click.option("--ref-free", is_flag=True, help="Ignore the prompt text and tokens.")
+@click.option("--aux-ref", "aux_refs", multiple=True, type=click.Path(path_type=Path))
+@click.option("--any-length", is_flag=True, help="Accept references outside 3–10 s.")
+@_runtime_options
+def tts_cmd(
+    bundle: Path,
+    voice_name: str | None,
+    ref_audio: Path | None,
+    prompt_text: str,
+    prompt_lang: str,
+    text: str | None,
+    text_file: Path | None,
+    lang: str,
+    out: Path,
+    aux_refs: tuple[Path, ...],
+    any_length: bool,
+    backend: str,
+    device: str,
+    threads: int | None,
+    precision: str,
+    support: Path | None,
+    g2pw: Path | None,
+    **options: object,
+) -> None:
+    """Speak text with a voice bundle and write a WAV file."""
+    import time
+
+    import numpy as np
+
+    from gsv_runtime.audio import write_wav
+
+    content = _read_text(text, text_file)
+    if (voice_name is None) == (ref_audio is None):
+        raise InputError("give a saved voice (-v NAME) or a reference (-r ref.wav -p TEXT)")
+    start = time.perf_counter()
+    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw)
+    loaded = time.perf_counter()
+    voice = synth.saved_voice(voice_name) if voice_name else None
+    options = {k: v for k, v in options.items() if v is not None}
+    report: dict[str, Any] = {}
+    chunks = synth.stream(
+        content,
+        lang,
+        voice,
+        ref_audio=ref_audio,
+        prompt_text=prompt_text,
+        prompt_lang=prompt_lang,
+        check_duration=not any_length,
+        aux_ref_audio_paths=aux_refs,
+        report=report,
+        **options,
+    )
+    err = click.get_text_stream("stderr")
+    with click.progressbar(
+        chunks, length=report["segments"], label="synthesizing", file=err
+    ) as bar:
+        samples = [chunk.samples for chunk in bar]
+    audio = np.concatenate(samples)
+    write_wav(out, audio, synth.sample_rate)
+    wall = time.perf_counter() - loaded
+    seconds = len(audio) / synth.sample_rate
+    click.echo(
+        f"{out}: {seconds:.2f} s of audio in {wall:.2f} s, RTF {wall / seconds:.3f} "
+        f"(load {loaded - start:.2f} s; {synth.backend} {synth.runtime.device})",
+        err=True,
+    )
 
 
 @main.command("phonemize")

@@ -381,10 +381,12 @@ class Synthesizer:
         report: dict[str, Any] | None = None,
         **options: Any,
     ) -> Iterator[AudioChunk]:
-        """Yield each segment's audio (int16, with its fragment gap) as soon as it is ready.
+        """Each segment's audio (int16, with its fragment gap), yielded as soon as it is ready.
 
-        Options take upstream's names (see :class:`SynthesisConfig`), plus ``check_duration``.
-        ``report``, if given, receives the seed used and per-stage ``timings`` (seconds).
+        The request is checked and the text split before this returns, so bad input raises
+        here rather than at the first ``next()``. Options take upstream's names (see
+        :class:`SynthesisConfig`), plus ``check_duration``. ``report``, if given, receives the
+        seed used, the number of ``segments`` and per-stage ``timings`` (seconds).
 
         Raises:
             InputError: bad text, language, option or reference.
@@ -401,7 +403,17 @@ class Synthesizer:
             "sovits": 0.0,
         }
         if report is not None:
-            report.update(seed=seed, timings=stats)
+            report.update(seed=seed, segments=len(segments), timings=stats)
+        return self._chunks(segments, voice, config, seed, stats)
+
+    def _chunks(
+        self,
+        segments: Sequence[SegmentInput],
+        voice: Voice,
+        config: SynthesisConfig,
+        seed: int,
+        stats: dict[str, float],
+    ) -> Iterator[AudioChunk]:
         gap = np.zeros(int(self.sample_rate * config.fragment_interval), dtype=np.float32)
         for start in range(0, len(segments), config.batch_size):
             batch = segments[start : start + config.batch_size]
@@ -409,9 +421,8 @@ class Synthesizer:
             t2 = time.perf_counter()
             tokens = self.semantic_tokens(batch, voice, config, rngs)
             t3 = time.perf_counter()
-            wavs = self.vocode(
-                tokens, batch, voice, config, np.random.default_rng([seed, 1, start])
-            )
+            noise_rng = np.random.default_rng([seed, 1, start])
+            wavs = self.vocode(tokens, batch, voice, config, noise_rng)
             stats["t2s"] += t3 - t2
             stats["sovits"] += time.perf_counter() - t3
             for i, (seg, tok, wav) in enumerate(zip(batch, tokens, wavs, strict=True)):

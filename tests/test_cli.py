@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gsv_runtime.cli import main
@@ -81,3 +82,66 @@ def test_phonemize_bad_language_is_one_line() -> None:
     result = CliRunner().invoke(main, ["phonemize", "--lang", "xx", "hello"])
     assert result.exit_code == 1 and result.output.startswith("error: ")
     assert result.output.strip().count("\n") == 0
+
+
+def test_voice_add_tts_and_info(tiny_bundle, ref_wav: Path, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    bundle = str(tiny_bundle("v2"))
+    runner = CliRunner()
+    added = runner.invoke(
+        main, ["voice", "add", bundle, "-r", str(ref_wav), "-p", "这是参考。", "--name", "cli"]
+    )
+    assert added.exit_code == 0, added.output
+    assert "cli" in runner.invoke(main, ["voice", "list", bundle]).output
+    out = tmp_path / "out.wav"
+    spoken = runner.invoke(
+        main,
+        ["tts", "-m", bundle, "-v", "cli", "-t", "你好，世界。", "-o", str(out), "--seed", "1"],
+    )
+    assert spoken.exit_code == 0, spoken.output
+    assert "RTF" in spoken.output
+    data, sr = sf.read(out, dtype="int16")
+    assert sr == 32000 and len(data) > 0.3 * sr
+    info = runner.invoke(main, ["info", bundle, "--verify"])
+    assert info.exit_code == 0, info.output
+    assert "sha256 verified" in info.output and "t2s_step_gqa" in info.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-t", "你好"], "give a saved voice"),
+        (["-v", "nobody", "-t", "你好"], "no voice 'nobody'"),
+        (["-v", "cli"], "give the text"),
+        (["-v", "cli", "-t", "你好", "--lang", "xx"], "language"),
+        (["-v", "cli", "-t", "你好", "--top-k", "0"], "top_k"),
+        (["-v", "cli", "-t", "你好", "--backend", "nope"], "unknown backend"),
+    ],
+)
+def test_tts_errors_are_one_line(tiny_bundle, ref_wav: Path, tmp_path: Path, args, message) -> None:
+    bundle = str(tiny_bundle("v2"))
+    runner = CliRunner()
+    runner.invoke(
+        main, ["voice", "add", bundle, "-r", str(ref_wav), "-p", "这是参考。", "--name", "cli"]
+    )
+    out = tmp_path / "out.wav"
+    result = runner.invoke(main, ["tts", "-m", bundle, *args, "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and message in result.output
+    assert result.output.strip().count("\n") == 0
+    assert not out.exists()
+
+
+def test_tts_on_a_missing_or_altered_bundle(tiny_bundle, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle("v1"), copy)
+    (copy / "onnx" / "t2s_step.onnx").write_bytes(b"tampered")
+    result = CliRunner().invoke(
+        main, ["tts", "-m", str(copy), "-v", "x", "-t", "hi", "-o", str(tmp_path / "o.wav")]
+    )
+    assert result.exit_code == 1 and "altered" in result.output
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "no such bundle directory" in result.output
