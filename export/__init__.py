@@ -179,7 +179,7 @@ def export_bundle(
 
 def export_support_bundle(
     hubert: str | os.PathLike[str],
-    bert: str | os.PathLike[str],
+    bert: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
     *,
     sv: str | os.PathLike[str] | None = None,
@@ -197,7 +197,8 @@ def export_support_bundle(
 
     fmts = _choices(formats, FORMATS, "format")
     precs = _choices(precisions, PRECISIONS, "precision")
-    with _stage(progress, "loading HuBERT, BERT" + (" and the speaker model" if sv else "")):
+    names = ["HuBERT"] + (["BERT"] if bert else []) + (["the speaker model"] if sv else [])
+    with _stage(progress, "loading " + ", ".join(names)):
         modules = load_support_modules(hubert, bert, sv)
     with staging_dir(Path(out)) as work:
         with _stage(progress, "exporting support graphs"):

@@ -60,6 +60,28 @@ def make_checkpoint_cmd(version: str, out_dir: Path, size: str, seed: int, fp32:
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@main.command("demo")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Working folder (checkpoints are cached there).",
+)
+@click.option(
+    "--version", type=click.Choice(_VERSIONS, case_sensitive=False), default="v2", show_default=True
+)
+@click.option("--size", type=click.Choice(["tiny", "full"]), default="full", show_default=True)
+@click.option("--verify/--no-verify", default=True, show_default=True)
+def demo_cmd(out: Path, version: str, size: str, verify: bool) -> None:
+    """Random checkpoints → export → speech on every installed backend, with RTF."""
+    from gsv_export.demo import run_demo
+
+    for line in run_demo(out, version, size, verify, progress=click.echo):
+        click.echo(line)
+
+
 @main.command("inspect")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -151,8 +173,7 @@ def export_cmd(
 @click.option(
     "--bert",
     type=click.Path(path_type=Path),
-    required=True,
-    help="chinese-roberta-wwm-ext-large folder.",
+    help="chinese-roberta-wwm-ext-large folder (needed for Chinese text).",
 )
 @click.option(
     "--sv",
@@ -165,7 +186,7 @@ def export_cmd(
 @click.option("--verify/--no-verify", default=True, show_default=True)
 def export_support_cmd(
     hubert: Path,
-    bert: Path,
+    bert: Path | None,
     sv: Path | None,
     out: Path,
     formats: str,

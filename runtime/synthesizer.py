@@ -194,7 +194,7 @@ class Synthesizer:
             )
         root = Path(path) if self._support else self.bundle.root / str(path)
         support = SupportModels.load(root, self.backend, self.options)
-        if support.bert_dim != self.bert_dim:
+        if "bert" in support.bundle.manifest.graphs and support.bert_dim != self.bert_dim:
             raise BundleError(
                 f"{root}: its BERT gives {support.bert_dim}-d features, the voice expects "
                 f"{self.bert_dim}"
