@@ -28,10 +28,9 @@ Graph I/O (B = batch, S = padded prefix Sx + Sy, T = cache slots, V = vocab, nh 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import torch
 
@@ -51,6 +50,7 @@ from gsv_export.graph_io import (
     save_onnx,
     tensor,
 )
+from gsv_export.precision import onnx_fp16, onnx_int8
 from gsv_models.config import T2SConfig
 from gsv_models.t2s import T2SModel
 from gsv_runtime.bundle import GraphFile, GraphSpec, TensorSpec
@@ -167,60 +167,18 @@ def _name(graph: str, precision: str, suffix: str) -> str:
     return f"{graph}{'' if precision == 'fp32' else '-' + precision}{suffix}"
 
 
-def _set_metadata(model: Any, extra: dict[str, str]) -> None:
-    props = {p.key: p for p in model.metadata_props}
-    for key, value in extra.items():
-        if key in props:
-            props[key].value = value
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-
-
 def _onnx_precision(src: Path, precision: str, gqa: bool) -> Path:
     """Write the ``precision`` variant of an fp32 ONNX graph beside it.
 
     Raises:
         ExportError: quantization or conversion failed.
     """
-    import onnx
-
     dst = src.with_name(_name(src.stem, precision, ".onnx"))
-    try:
-        if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            extra: dict[str, Any] = {"MatMulConstBOnly": True}
-            if gqa:  # shape inference cannot type the contrib op's outputs otherwise
-                extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "q.onnx"
-                quantize_dynamic(
-                    src,
-                    out,
-                    op_types_to_quantize=["MatMul"],
-                    per_channel=True,
-                    weight_type=QuantType.QInt8,
-                    use_external_data_format=True,
-                    extra_options=extra,
-                )
-                model = onnx.load(str(out))
-        elif precision == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-            from onnxruntime.transformers.onnx_model import OnnxModel
-
-            converted = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))
-            converted.topological_sort()  # the converter appends its input Casts last
-            model = converted.model
-        else:
-            raise ExportError(f"{src.name}: no ONNX conversion to {precision}")
-        _set_metadata(model, {"gsv.precision": precision})
-        save_onnx(model, dst)
-    except ExportError:
-        raise
-    except Exception as exc:
-        raise ExportError(f"{src.name}: {precision} conversion failed: {exc}") from exc
-    return dst
+    if precision == "int8":
+        return onnx_int8(src, dst, src.stem, contrib_ops=gqa)
+    if precision == "fp16":
+        return onnx_fp16(src, dst, src.stem)
+    raise ExportError(f"{src.name}: no ONNX conversion to {precision}")
 
 
 def _export_onnx_graphs(

@@ -32,6 +32,7 @@ from gsv_export.gpt_wrappers import (
     dummy_prefix,
 )
 from gsv_export.graph_io import ExportError, GraphDecl, export_onnx, to_openvino
+from gsv_export.precision import compress_int8
 from gsv_models.t2s import T2SModel
 from gsv_runtime.bundle import FORMAT_VERSION, GraphFile
 from gsv_runtime.t2s import DECODER, PREFIX_EMBED, TOKEN_EMBED, kv_names
@@ -167,9 +168,7 @@ def export_openvino_graphs(
         try:
             variant = stateful.clone()
             if precision == "int8":
-                import nncf
-
-                variant = nncf.compress_weights(variant, mode=nncf.CompressWeightsMode.INT8_ASYM)
+                variant = compress_int8(variant)
             _tag(variant, decl, precision)
             ov.save_model(variant, str(xml), compress_to_fp16=precision == "fp16")
         except Exception as exc:

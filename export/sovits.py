@@ -45,29 +45,27 @@ would round ``L / speed`` differently at some lengths (e.g. ``110 / 1.1``).
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import torch
 from torch import nn
 
 from gsv_export.graph_io import (
-    ExportError,
     GraphDecl,
     export_onnx,
-    save_onnx,
     tensor,
     to_numpy,
     to_openvino,
 )
 from gsv_export.parity import Check, ParityReport, relative_max_diff, snr_db
+from gsv_export.precision import onnx_fp16
 from gsv_models.sovits import SoVITSModel
 from gsv_models.version import ModelVersion
 from gsv_runtime.audio_features import linear_spectrogram
@@ -308,7 +306,7 @@ def _write_variants(
         variants.append(GraphFile("onnx", "fp32", rel(onnx_path)))
         if "fp16" in precisions:
             path = onnx_path.with_name(f"{name}-fp16.onnx")
-            _onnx_to_fp16(onnx_path, path)
+            onnx_fp16(onnx_path, path, name)
             variants.append(GraphFile("onnx", "fp16", rel(path)))
     if "openvino" in formats:
         xml = to_openvino(onnx_path, work_dir / "openvino" / f"{name}.xml")
@@ -319,47 +317,6 @@ def _write_variants(
         if "bf16" in precisions:
             variants.append(GraphFile("openvino", "bf16", rel(xml)))
     return variants
-
-
-def _onnx_to_fp16(src: Path, dst: Path) -> None:
-    """float16 weights and compute, float32 graph inputs and outputs."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    _sort_nodes(model.graph)  # the converter appends its input casts at the end
-    save_onnx(model, dst)
-
-
-def _sort_nodes(graph: Any) -> None:
-    """Reorder ``graph.node`` topologically, keeping the original order where it can (Kahn)."""
-    nodes = list(graph.node)
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    consumers: dict[str, list[int]] = {}
-    waiting = [0] * len(nodes)
-    for k, node in enumerate(nodes):
-        missing = {name for name in node.input if name not in available}
-        waiting[k] = len(missing)
-        for name in missing:
-            consumers.setdefault(name, []).append(k)
-    ready = [k for k, n in enumerate(waiting) if n == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        k = heapq.heappop(ready)
-        order.append(k)
-        for name in nodes[k].output:
-            for c in consumers.pop(name, []):
-                waiting[c] -= 1
-                if waiting[c] == 0:
-                    heapq.heappush(ready, c)
-    if len(order) != len(nodes):
-        raise ExportError(f"{graph.name}: the fp16 graph has a cycle or a dangling input")
-    sorted_nodes = [type(nodes[k])() for k in order]
-    for new, k in zip(sorted_nodes, order, strict=True):
-        new.CopyFrom(nodes[k])
-    del graph.node[:]
-    graph.node.extend(sorted_nodes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from gsv_export.graph_io import (
     to_openvino,
 )
 from gsv_export.parity import Check, ParityReport, relative_max_diff
-from gsv_export.support_precision import onnx_fp16, onnx_int8, openvino_int8
+from gsv_export.precision import onnx_fp16_if_runnable, onnx_int8, openvino_int8
 from gsv_runtime.bundle import GraphFile, GraphSpec, sha256_file
 
 _LOGGER = logging.getLogger(__name__)
@@ -305,7 +305,9 @@ def _write_variant(
         path = work_dir / "onnx" / f"{stem}.onnx"
         if precision == "int8":
             onnx_int8(fp32, path, name)
-        elif precision == "fp16" and onnx_fp16(fp32, path, name, *example, notes) is None:
+        elif (
+            precision == "fp16" and onnx_fp16_if_runnable(fp32, path, name, *example, notes) is None
+        ):
             return None
         return GraphFile("onnx", precision, f"onnx/{stem}.onnx")  # type: ignore[arg-type]
     xml = work_dir / "openvino" / f"{stem}.xml"

@@ -67,7 +67,7 @@ def _rows(cfg_model: torch.nn.Module, text: list[int], prompt: list[int], seed: 
     return {
         "phones": torch.randint(0, cfg.phoneme_vocab_size, (b, sx), generator=g).numpy(),
         "phone_lens": np.array(text),
-        "bert": torch.randn(b, sx, 1024, generator=g).numpy(),
+        "bert": torch.randn(b, sx, cfg.bert_dim, generator=g).numpy(),
         "prompt": torch.randint(0, cfg.eos, (b, sy), generator=g).numpy(),
         "prompt_lens": np.array(prompt),
     }
