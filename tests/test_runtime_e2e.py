@@ -160,3 +160,12 @@ def test_runtime_needs_no_torch(tiny_bundle, ref_wav: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_package_level_load(tiny_bundle, ref_wav: Path) -> None:
+    import gsv_runtime
+
+    tts = gsv_runtime.load(str(tiny_bundle("v1")), backend="onnxruntime")
+    assert isinstance(tts, gsv_runtime.Synthesizer)
+    audio = tts.synthesize(TEXT, "zh", ref_audio=ref_wav, prompt_text=PROMPT, seed=0)
+    assert audio.sample_rate == 32000 and audio.seconds > 0.3
