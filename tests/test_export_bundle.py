@@ -1,0 +1,101 @@
+"""gsv export / export-support as a whole: manifest content, bad input, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gsv_export import export_bundle
+from gsv_runtime.bundle import Bundle
+from gsv_runtime.cli import main
+from gsv_runtime.errors import BundleError, CheckpointError, InputError
+
+
+def test_manifest_describes_the_voice(tiny_bundle, tiny_voice) -> None:
+    bundle = Bundle.load(tiny_bundle("v2Pro"), verify_hashes=True)
+    m = bundle.manifest
+    assert m.kind == "voice" and m.model["version"] == "v2Pro"
+    assert m.audio["sample_rate"] == 32000 and m.audio["samples_per_token"] == 1280
+    assert m.t2s["eos_id"] == 1024 and m.t2s["max_tokens"] == 1500
+    assert m.sampling["top_k"] == 15 and m.sampling["repetition_penalty"] == 1.35
+    assert m.support["graphs"] == ["hubert", "bert", "sv"]
+    source = m.source["sovits"]
+    assert source["file"] == "sovits.pth" and len(source["sha256"]) == 64
+    for name in ("t2s_prefill", "t2s_step", "t2s_step_gqa", "t2s_decoder", "sovits_decoder"):
+        assert bundle.graph(name).variants
+    raw = json.loads((bundle.root / "bundle.json").read_text())
+    assert raw["created_by"]["gsv_rt"] and raw["graphs"]["sovits_decoder"]["inputs"]["noise"]
+
+
+def test_mismatched_gpt_and_sovits_versions(tiny_voice, tmp_path: Path) -> None:
+    out = tmp_path / "voice"
+    with pytest.raises(CheckpointError, match=r"mismatched checkpoints.*v1 symbols.*v2"):
+        export_bundle(tiny_voice("v1")["gpt"], tiny_voice("v2")["sovits"], out)
+    assert not out.exists()
+
+
+def test_wrong_kind_and_missing_file(tiny_voice, tmp_path: Path) -> None:
+    paths = tiny_voice("v2")
+    with pytest.raises(CheckpointError, match="expected a GPT"):
+        export_bundle(paths["sovits"], paths["sovits"], tmp_path / "a")
+    with pytest.raises(CheckpointError, match="no such file"):
+        export_bundle(tmp_path / "nope.ckpt", paths["sovits"], tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_and_precision(tiny_voice, tmp_path: Path) -> None:
+    paths = tiny_voice("v2")
+    with pytest.raises(InputError, match="unknown format"):
+        export_bundle(paths["gpt"], paths["sovits"], tmp_path / "a", formats=["tensorrt"])
+    with pytest.raises(InputError, match="unknown precision"):
+        export_bundle(paths["gpt"], paths["sovits"], tmp_path / "a", precisions=["fp8"])
+
+
+def test_refuses_a_non_bundle_output_dir(tiny_voice, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    paths = tiny_voice("v2")
+    with pytest.raises(BundleError, match="refusing to overwrite"):
+        export_bundle(paths["gpt"], paths["sovits"], out, formats=["onnx"])
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_cli_export_verifies_and_reports(tiny_voice, tmp_path: Path) -> None:
+    paths = tiny_voice("v1")
+    out = tmp_path / "voice"
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--gpt",
+            str(paths["gpt"]),
+            "--sovits",
+            str(paths["sovits"]),
+            "-o",
+            str(out),
+            "--format",
+            "onnx",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "checking parity against PyTorch" in result.output and "FAIL" not in result.output
+    checks = Bundle.load(out).manifest.parity["checks"]
+    assert checks and all(c["ok"] for c in checks)
+    bad = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--gpt",
+            str(paths["sovits"]),
+            "--sovits",
+            str(paths["sovits"]),
+            "-o",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: ")
+    assert bad.stderr.strip().count("\n") == 0
