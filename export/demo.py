@@ -38,7 +38,7 @@ def run_demo(
     verify: bool = True,
     progress: Callable[[str], None] = print,
 ) -> Iterator[str]:
-    """Make, export and run a random voice; yield one summary line per backend.
+    """Make, export and run a random voice; yield one summary line per backend (warm RTF).
 
     Checkpoints are cached in ``out/checkpoints``; bundles are exported afresh every run.
     """
@@ -82,13 +82,17 @@ def run_demo(
         synth = Synthesizer.load(out / "voice", backend=backend)
         voice = synth.voice(ref, PROMPT_TEXT, "en")
         t1 = time.perf_counter()
+        synth.synthesize(DEMO_TEXT, "en", voice, seed=0)  # first run: allocations, caches
+        cold = time.perf_counter() - t1
+        t2 = time.perf_counter()
         result = synth.synthesize(DEMO_TEXT, "en", voice, seed=0)
-        wall = time.perf_counter() - t1
+        wall = time.perf_counter() - t2
         tokens = sum(s["tokens"] for s in result.metadata["segments"])
         write_wav(out / f"demo-{backend}.wav", result.samples, result.sample_rate)
         yield (
             f"{backend}: {result.seconds:.2f} s of audio in {wall:.2f} s, RTF "
             f"{wall / result.seconds:.3f} ({tokens} tokens, GPT {result.timings['t2s']:.2f} s, "
-            f"SoVITS {result.timings['sovits']:.2f} s; load + reference {t1 - t0:.2f} s) "
+            f"SoVITS {result.timings['sovits']:.2f} s; first run {cold:.2f} s; "
+            f"load + reference {t1 - t0:.2f} s) "
             f"→ {out / f'demo-{backend}.wav'}"
         )
