@@ -14,12 +14,8 @@ onnx and openvino needed; reused when present).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import platform
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from gsv_bench.sysinfo import machine_info
+from gsv_bench.timers import summarize, time_calls
 from gsv_runtime.backends import RunnerOptions, available_backends
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import GsvError
@@ -74,19 +72,14 @@ def _prefix(batch: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
 def _time_steps(
     step: Callable[[np.ndarray], Any], batch: int, warmup: int, steps: int
 ) -> list[float]:
-    rng = np.random.default_rng(1)
-    times = []
-    for i in range(warmup + steps):
-        tokens = rng.integers(0, 1024, batch)
-        t0 = time.perf_counter()
-        step(tokens)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    """Milliseconds of each timed step (random tokens drawn beforehand, outside the timing)."""
+    tokens = np.random.default_rng(1).integers(0, 1024, (warmup + steps, batch))
+    return [t * 1e3 for t in time_calls(lambda i: step(tokens[i]), warmup, steps)]
 
 
 def _summary(times: list[float]) -> tuple[float, float, float]:
-    return statistics.median(times), float(np.percentile(times, 90)), min(times)
+    s = summarize(times)
+    return s["median"], s["p90"], s["min"]
 
 
 def bench_session(
@@ -227,20 +220,8 @@ def format_table(results: Sequence[StepTiming]) -> str:
 
 
 def system_info(threads: int) -> dict[str, Any]:
-    """Versions and machine facts recorded with the figures."""
-    import os
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-    }
-    for module in ("numpy", "onnxruntime", "openvino", "torch"):
-        with contextlib.suppress(ImportError):
-            info[module] = __import__(module).__version__
-    return info
+    """Versions and machine facts recorded with the figures (as ``gsv bench`` records them)."""
+    return {**machine_info(), "threads": threads}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

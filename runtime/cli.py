@@ -503,5 +503,67 @@ def phonemize_cmd(
     click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
 
 
+@main.group("bench", invoke_without_command=True)
+@click.option("--bundle", type=click.Path(path_type=Path), help="Voice bundle to measure.")
+@click.option(
+    "--random",
+    type=click.Choice(_VERSIONS),
+    help="Make full-size random checkpoints of VERSION and export them (cached; needs the "
+    "export extra the first time).",
+)
+@click.option("--quick", is_flag=True, help="The quick preset: under a minute once cached.")
+@click.option("--preset", type=click.Choice(["quick", "standard", "gpu"]), help="Named sweep.")
+@click.option("--voice", help="Saved voice of the bundle (else one is prepared from --ref).")
+@click.option("--ref", type=click.Path(path_type=Path), help="Reference clip (3-10 s).")
+@click.option("--prompt-text", help="Transcript of --ref.")
+@click.option("--prompt-lang", default="zh", show_default=True)
+@click.option("--support", type=click.Path(path_type=Path), help="Support bundle.")
+@click.option("--gpt", type=click.Path(path_type=Path), help="GPT .ckpt for the torch baseline.")
+@click.option("--sovits", type=click.Path(path_type=Path), help="SoVITS .pth for the baseline.")
+@click.option("--text", "text_file", type=click.Path(path_type=Path), help="One request per line.")
+@click.option("--langs", help="Built-in texts: comma-separated en, zh, ja, ko.")
+@click.option("--sentences", type=int, help="Use the first N sentences of each built-in text.")
+@click.option("--fixed-length", type=int, help="Decode N tokens per sentence (EOS masked).")
+@click.option("--engines", help="Comma-separated: torch, onnxruntime, openvino.")
+@click.option("--devices", help="Comma-separated: cpu, gpu.")
+@click.option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8.")
+@click.option("--threads", help="Comma-separated thread counts (0 = all cores).")
+@click.option("--batch", help="Comma-separated GPT batch sizes.")
+@click.option("--concurrency", help="Comma-separated numbers of requests in flight.")
+@click.option("--warmup", type=int, help="Untimed requests per engine.")
+@click.option("--repeats", type=int, help="Timed passes over the texts.")
+@click.option("--seed", type=int)
+@click.option("--isolate/--no-isolate", default=None, help="One process per configuration.")
+@click.option("--reference/--no-reference", default=None, help="Time voice preparation.")
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), default=Path("gsv-bench"), show_default=True
+)
+@click.option("--fresh", is_flag=True, help="Start results.jsonl afresh instead of appending.")
+@click.option("--label", help="Machine name in merged reports.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Default ~/.cache/gsv-rt/bench.")
+@click.option("--charts/--no-charts", default=True, show_default=True)
+@click.pass_context
+def bench_cmd(ctx: click.Context, **options: object) -> None:
+    """Measure RTF, TTFA, stages and memory per backend/device/precision/threads/batch."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from gsv_bench.cli import run_cli
+
+    run_cli(options)
+
+
+@bench_cmd.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), default=Path("gsv-bench"), show_default=True
+)
+@click.option("--charts/--no-charts", default=True, show_default=True)
+def bench_report_cmd(files: tuple[Path, ...], out: Path, charts: bool) -> None:
+    """Merge results.jsonl files (e.g. a CPU and a GPU machine) into report.md and charts."""
+    from gsv_bench.cli import report_cli
+
+    report_cli(files, out, charts)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
