@@ -220,6 +220,22 @@ class RowState:
         self.prompt_lens = self.prompt_lens[rows]
 
 
+class RowTracking:
+    """Row bookkeeping every session design shares: the rows after prefill, and the guard."""
+
+    _rows: RowState | None = None
+
+    @property
+    def batch(self) -> int:
+        """Rows currently decoding."""
+        return 0 if self._rows is None else self._rows.batch
+
+    def _state(self) -> RowState:
+        if self._rows is None:
+            raise InputError("call prefill() before step() or keep()")
+        return self._rows
+
+
 def as_rows(rows: Sequence[int] | np.ndarray, batch: int) -> np.ndarray:
     """Validated int64 row indices.
 

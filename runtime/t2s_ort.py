@@ -22,6 +22,7 @@ from gsv_runtime.t2s import (
     STEP_GQA_KV16,
     PrefixBatch,
     RowState,
+    RowTracking,
     T2SSession,
     as_rows,
     as_tokens,
@@ -96,7 +97,7 @@ def _to_host(value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-class CanonicalSession:
+class CanonicalSession(RowTracking):
     """``t2s_prefill`` + ``t2s_step``: the step appends one slot per row (Concat in the graph)."""
 
     design = "canonical"
@@ -110,15 +111,6 @@ class CanonicalSession:
         self._upload = upload
         self._rows: RowState | None = None
         self._kv: list[Any] = []
-
-    @property
-    def batch(self) -> int:
-        return 0 if self._rows is None else self._rows.batch
-
-    def _state(self) -> RowState:
-        if self._rows is None:
-            raise InputError("call prefill() before step() or keep()")
-        return self._rows
 
     def prefill(
         self,
@@ -153,7 +145,7 @@ class CanonicalSession:
         self._kv = [self._upload(_to_host(v)[idx]) for v in self._kv]
 
 
-class GqaSession:
+class GqaSession(RowTracking):
     """``t2s_prefill`` + ``t2s_step_gqa[_kv16]``: preallocated caches written in place.
 
     The prefill's K/V are copied once into [B, nh, prefix + max_tokens, hs] buffers; each step
@@ -179,15 +171,6 @@ class GqaSession:
         self._rows: RowState | None = None
         self._kv: list[Any] = []
         self._io: Any = None
-
-    @property
-    def batch(self) -> int:
-        return 0 if self._rows is None else self._rows.batch
-
-    def _state(self) -> RowState:
-        if self._rows is None:
-            raise InputError("call prefill() before step() or keep()")
-        return self._rows
 
     def prefill(
         self,

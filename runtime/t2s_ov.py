@@ -20,7 +20,7 @@ import numpy as np
 
 from gsv_runtime.backends import RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import BackendError, InputError, first_line
+from gsv_runtime.errors import BackendError, first_line
 from gsv_runtime.t2s import (
     DECODER,
     OV_PRECISION,
@@ -28,6 +28,7 @@ from gsv_runtime.t2s import (
     TOKEN_EMBED,
     PrefixBatch,
     RowState,
+    RowTracking,
     T2SSession,
     as_rows,
     as_tokens,
@@ -101,7 +102,7 @@ def compile_decoder(
     return compiled
 
 
-class StatefulSession:
+class StatefulSession(RowTracking):
     """One infer request of the stateful decoder: its state is this batch's KV cache."""
 
     design = "stateful"
@@ -113,15 +114,6 @@ class StatefulSession:
         self._token_embed = token_embed
         self._rows: RowState | None = None
         self._beam: np.ndarray | None = None
-
-    @property
-    def batch(self) -> int:
-        return 0 if self._rows is None else self._rows.batch
-
-    def _state(self) -> RowState:
-        if self._rows is None:
-            raise InputError("call prefill() before step() or keep()")
-        return self._rows
 
     def _infer(self, embeds: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
         b = embeds.shape[0]
