@@ -491,15 +491,27 @@ def tts_cmd(
     help="Text split method cut0–cut5.",
 )
 @click.option("--g2pw", type=click.Path(path_type=Path), help="Local G2PWModel folder (zh).")
+@click.option(
+    "--g2pw-tokenizer",
+    type=click.Path(path_type=Path),
+    help="chinese-roberta-wwm-ext-large tokenizer.json (or its folder) for --g2pw; default: "
+    "tokenizer.json inside the G2PWModel folder.",
+)
 def phonemize_cmd(
-    text: str, lang: str, symbols_version: str, split_method: str, g2pw: Path | None
+    text: str,
+    lang: str,
+    symbols_version: str,
+    split_method: str,
+    g2pw: Path | None,
+    g2pw_tokenizer: Path | None,
 ) -> None:
     """Print the segments, normalised text, phones, ids and word2ph of TEXT as JSON."""
     import json
 
-    from gsv_runtime.text import phonemize
+    from gsv_runtime.text import load_g2pw, phonemize
 
-    result = phonemize(text, lang, symbols_version, split_method=split_method, g2pw_dir=g2pw)
+    predictor = load_g2pw(g2pw, g2pw_tokenizer) if g2pw is not None else None
+    result = phonemize(text, lang, symbols_version, split_method=split_method, g2pw=predictor)
     click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
 
 

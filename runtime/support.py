@@ -137,13 +137,19 @@ class SupportModels:
         return self._dim("sv", "sv", 1)
 
     @property
+    def tokenizer_path(self) -> Path:
+        """The bundled BERT ``tokenizer.json`` (also what g2pW tokenises with)."""
+        rel = self.bundle.manifest.text.get("tokenizer", TOKENIZER_PATH)
+        path = self.bundle.root / rel
+        if not path.is_file():
+            raise BundleError(f"{self.bundle.root}: no BERT tokenizer ({rel})")
+        return path
+
+    @property
     def tokenizer(self) -> Any:
         """The bundled BERT ``tokenizers.Tokenizer`` (loaded once)."""
         if self._tokenizer is None:
-            rel = self.bundle.manifest.text.get("tokenizer", TOKENIZER_PATH)
-            path = self.bundle.root / rel
-            if not path.is_file():
-                raise BundleError(f"{self.bundle.root}: no BERT tokenizer ({rel})")
+            path = self.tokenizer_path
             try:
                 from tokenizers import Tokenizer
             except ImportError as exc:

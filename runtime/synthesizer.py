@@ -149,12 +149,13 @@ class Synthesizer:
             _precision_for(bundle, "sovits_decoder", self.backend, precision),
         )
         self._support = support
-        self.g2pw_dir = g2pw_dir
         manifest = bundle.manifest
         self.sample_rate = int(manifest.audio["sample_rate"])
         self.symbols_version = str(manifest.text.get("symbols_version", "v2"))
         self.is_pro = "sv" in manifest.support.get("graphs", [])
         self.bert_dim = int(manifest.text.get("bert_dim", 1024))
+        self.g2pw = self._load_g2pw(g2pw_dir) if g2pw_dir is not None else None
+        """g2pW polyphone predictor for Chinese (None: pypinyin decides)."""
 
     @classmethod
     def load(
@@ -229,7 +230,7 @@ class Synthesizer:
             from gsv_runtime.text import phonemize_prompt
 
             segment = phonemize_prompt(
-                prompt_text, prompt_lang, self.symbols_version, g2pw_dir=self.g2pw_dir
+                prompt_text, prompt_lang, self.symbols_version, g2pw=self.g2pw
             )
             prompt = self._segment_input(segment)
             phones, bert = prompt.phones, prompt.bert
@@ -254,6 +255,13 @@ class Synthesizer:
         sv = self.support.speaker_vector(wav_model) if self.is_pro else None
         return self.sovits.reference(spec, sv=sv)
 
+    def _load_g2pw(self, folder: str | Path) -> Any:
+        """g2pW with the folder's tokenizer.json, else the support bundle's BERT tokenizer."""
+        from gsv_runtime.text import load_g2pw
+
+        own = Path(folder) / "tokenizer.json"
+        return load_g2pw(folder, None if own.is_file() else self.support.tokenizer_path)
+
     # --------------------------------------------------------------------------- stages
 
     def _segment_input(self, segment: Any) -> SegmentInput:
@@ -276,7 +284,7 @@ class Synthesizer:
             lang,
             self.symbols_version,
             split_method=config.text_split_method,
-            g2pw_dir=self.g2pw_dir,
+            g2pw=self.g2pw,
         )
         return [self._segment_input(s) for s in result.segments]
 

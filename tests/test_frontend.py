@@ -327,7 +327,49 @@ def test_special_silence_marks() -> None:
 
 
 @needs_extras
-def test_g2pw_dir_not_supported_yet() -> None:
-    """A g2pW folder is refused clearly (the pypinyin path is what metadata reports)."""
-    with pytest.raises(InputError, match="g2pW"):
-        phonemize("你好，世界。", "zh", "v2", g2pw_dir="/nonexistent/G2PWModel")
+def test_missing_g2pw_folder() -> None:
+    """A g2pW folder that is not there is a clear error, not a silent pypinyin fallback."""
+    with pytest.raises(InputError, match="G2PWModel"):
+        phonemize("你好，世界。", "zh", "v2", g2pw="/nonexistent/G2PWModel")
+
+
+def _write_nltk_tagger(root: Path, tagdict: dict[str, str]) -> Path:
+    """A stand-in of NLTK's averaged_perceptron_tagger_eng data (its JSON layout)."""
+    folder = root / "taggers" / "averaged_perceptron_tagger_eng"
+    folder.mkdir(parents=True)
+    classes = sorted({*tagdict.values(), "NN"})
+    for attr, obj in (("weights", {}), ("tagdict", tagdict), ("classes", classes)):
+        path = folder / f"averaged_perceptron_tagger_eng.{attr}.json"
+        path.write_text(json.dumps(obj), encoding="utf-8")
+    return root
+
+
+@needs_extras
+@pytest.mark.parametrize(
+    ("tag", "reading"), [("VBD", ["R", "EH1", "D"]), ("VBP", ["R", "IY1", "D"])]
+)
+def test_nltk_tagger_used_when_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tag: str, reading: list[str]
+) -> None:
+    """With NLTK's tagger data on nltk.data.path, homographs follow its tags (as upstream)."""
+    import nltk
+
+    from gsv_runtime.text.en import POS_NLTK, EnglishG2P
+
+    monkeypatch.setattr(nltk.data, "path", [str(_write_nltk_tagger(tmp_path, {"read": tag}))])
+    g2p = EnglishG2P()
+    assert g2p.pos_source == POS_NLTK
+    assert g2p("I read it") == ["AY1", " ", *reading, " ", "IH1", "T"]
+
+
+@needs_extras
+def test_heuristic_tagger_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the tagger data the heuristic is used, and phonemize's metadata says so."""
+    import nltk
+
+    from gsv_runtime.text.en import POS_HEURISTIC, pos_tagger
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    assert pos_tagger()[1] == POS_HEURISTIC
+    meta = phonemize("I read the book.", "en").metadata
+    assert meta["en_pos_tagger"] in (POS_HEURISTIC, "nltk-averaged-perceptron")

