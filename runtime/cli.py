@@ -208,14 +208,30 @@ def export_support_cmd(
     )
 
 
+_G2PW_OPTION = click.option(
+    "--g2pw", type=click.Path(path_type=Path), help="Local G2PWModel folder (zh)."
+)
+_JA_USERDICT_OPTION = click.option(
+    "--ja-userdict",
+    type=click.Path(path_type=Path),
+    help="Japanese MeCab user dictionary CSV (upstream's ja_userdic/userdict.csv).",
+)
+
+
 @main.command("info")
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--verify", is_flag=True, help="Also check every file's sha256.")
-def info_cmd(bundle: Path | None, verify: bool) -> None:
-    """Show this machine's backends, and a bundle's manifest and what can run it here."""
-    from gsv_runtime.info import describe_bundle, describe_machine
+@_G2PW_OPTION
+@_JA_USERDICT_OPTION
+def info_cmd(
+    bundle: Path | None, verify: bool, g2pw: Path | None, ja_userdict: Path | None
+) -> None:
+    """Show this machine's backends and text frontend, and a bundle's manifest."""
+    from gsv_runtime.info import describe_bundle, describe_frontend, describe_machine
 
     for line in describe_machine():
+        click.echo(line)
+    for line in describe_frontend(g2pw, ja_userdict):
         click.echo(line)
     if bundle is not None:
         for line in describe_bundle(bundle, verify_hashes=verify):
@@ -244,7 +260,8 @@ _RUNTIME_OPTIONS = [
         type=click.Path(path_type=Path),
         help="Support bundle (default: the one the voice bundle names).",
     ),
-    click.option("--g2pw", type=click.Path(path_type=Path), help="Local G2PWModel folder (zh)."),
+    _G2PW_OPTION,
+    _JA_USERDICT_OPTION,
 ]
 
 
@@ -262,9 +279,14 @@ def _synthesizer(
     precision: str,
     support: Path | None,
     g2pw: Path | None,
+    ja_userdict: Path | None,
 ):  # type: ignore[no-untyped-def]
     from gsv_runtime.synthesizer import Synthesizer
 
+    if ja_userdict is not None:
+        from gsv_runtime.text import load_ja_user_dictionary
+
+        load_ja_user_dictionary(ja_userdict)
     return Synthesizer.load(bundle, backend, device, threads, precision, support, g2pw)
 
 
@@ -309,9 +331,10 @@ def voice_add_cmd(
     precision: str,
     support: Path | None,
     g2pw: Path | None,
+    ja_userdict: Path | None,
 ) -> None:
     """Prepare a reference once and store it in BUNDLE (no HuBERT or audio needed later)."""
-    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw)
+    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw, ja_userdict)
     voice = synth.voice(
         ref_audio,
         prompt_text,
@@ -421,6 +444,7 @@ def tts_cmd(
     precision: str,
     support: Path | None,
     g2pw: Path | None,
+    ja_userdict: Path | None,
     **options: object,
 ) -> None:
     """Speak text with a voice bundle and write a WAV file."""
@@ -434,7 +458,7 @@ def tts_cmd(
     if (voice_name is None) == (ref_audio is None):
         raise InputError("give a saved voice (-v NAME) or a reference (-r ref.wav -p TEXT)")
     start = time.perf_counter()
-    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw)
+    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw, ja_userdict)
     loaded = time.perf_counter()
     voice = synth.saved_voice(voice_name) if voice_name else None
     options = {k: v for k, v in options.items() if v is not None}
@@ -490,13 +514,14 @@ def tts_cmd(
     show_default=True,
     help="Text split method cut0–cut5.",
 )
-@click.option("--g2pw", type=click.Path(path_type=Path), help="Local G2PWModel folder (zh).")
+@_G2PW_OPTION
 @click.option(
     "--g2pw-tokenizer",
     type=click.Path(path_type=Path),
     help="chinese-roberta-wwm-ext-large tokenizer.json (or its folder) for --g2pw; default: "
     "tokenizer.json inside the G2PWModel folder.",
 )
+@_JA_USERDICT_OPTION
 def phonemize_cmd(
     text: str,
     lang: str,
@@ -504,12 +529,15 @@ def phonemize_cmd(
     split_method: str,
     g2pw: Path | None,
     g2pw_tokenizer: Path | None,
+    ja_userdict: Path | None,
 ) -> None:
     """Print the segments, normalised text, phones, ids and word2ph of TEXT as JSON."""
     import json
 
-    from gsv_runtime.text import load_g2pw, phonemize
+    from gsv_runtime.text import load_g2pw, load_ja_user_dictionary, phonemize
 
+    if ja_userdict is not None:
+        load_ja_user_dictionary(ja_userdict)
     predictor = load_g2pw(g2pw, g2pw_tokenizer) if g2pw is not None else None
     result = phonemize(text, lang, symbols_version, split_method=split_method, g2pw=predictor)
     click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))

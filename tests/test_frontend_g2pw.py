@@ -215,3 +215,15 @@ def test_cli_phonemize_with_g2pw(standin: Path) -> None:
         main, ["phonemize", "--lang", "zh", "--g2pw", "/nonexistent", "你好。"]
     )
     assert bad.exit_code != 0 and "G2PWModel" in bad.output
+
+
+def test_info_states_the_polyphone_source(standin: Path) -> None:
+    """`gsv info` says which polyphone path Chinese text takes."""
+    from click.testing import CliRunner
+
+    from gsv_runtime.cli import main
+
+    plain = CliRunner().invoke(main, ["info"])
+    assert plain.exit_code == 0 and "zh polyphones: pypinyin" in plain.output
+    with_g2pw = CliRunner().invoke(main, ["info", "--g2pw", str(standin)])
+    assert with_g2pw.exit_code == 0 and "zh polyphones: g2pW from" in with_g2pw.output

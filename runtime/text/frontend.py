@@ -230,6 +230,11 @@ def _metadata(segments: list[Segment], g2pw: G2PW | None, mode: str, table: str)
     meta: dict[str, Any] = {}
     if any(p.lang == "zh" for s in segments for p in s.pieces):
         meta["zh_polyphones"] = "g2pw" if g2pw is not None else "pypinyin"
+    if any(p.lang == "ja" for s in segments for p in s.pieces):
+        from gsv_runtime.text.ja import user_dictionary
+
+        userdict = user_dictionary()
+        meta["ja_user_dictionary"] = None if userdict is None else str(userdict)
     if any(p.lang == "en" for s in segments for p in s.pieces):
         english = _Registry.get("en", table, None)
         meta["en_pos_tagger"] = getattr(english, "pos_source", "")

@@ -4,14 +4,21 @@ Mirrors upstream ``GPT_SoVITS/text/japanese.py``: "％" → パーセント, low
 every non-Japanese character (each kept as its own phone, spaces dropped), and each Japanese run
 becomes OpenJTalk phones with ESPnet-style prosody marks: "[" pitch rise, "]" pitch fall,
 "#" accent-phrase boundary, "_" pause. "#" is not in the symbol tables (→ UNK, as upstream).
-Upstream optionally loads a user dictionary (ja_userdic/userdict.csv, Latin words → katakana and
-nine names); it is not shipped here.
+Upstream compiles and loads a user dictionary when ``text/ja_userdic/userdict.csv`` is present (its
+git repository has one: 134k full-width Latin words → katakana, plus names). It is not shipped
+here; :func:`load_user_dictionary` loads a user's copy the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
 from gsv_runtime.errors import InputError
@@ -79,6 +86,75 @@ def prosody_phones(labels: list[str]) -> list[str]:
         elif a2 == 1 and a2_next == 2:
             phones.append("[")
     return phones
+
+
+_USER_DICT_LOCK: Final = threading.Lock()
+_USER_DICT: list[Path] = []
+_MECAB_FIELDS: Final = 13
+"""Fields of a MeCab dictionary CSV row (surface, ids, cost, POS…, reading, pronunciation)."""
+
+
+@contextlib.contextmanager
+def _silenced_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null for a while (keeps JSON on stdout clean)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def user_dictionary() -> Path | None:
+    """The user dictionary CSV in use (None: OpenJTalk's own dictionary only)."""
+    return _USER_DICT[0] if _USER_DICT else None
+
+
+def load_user_dictionary(csv_path: str | Path) -> None:
+    """Compile a MeCab user dictionary CSV and make OpenJTalk use it, as upstream does.
+
+    Upstream's ``japanese.py`` does this at import with ``ja_userdic/userdict.csv``. OpenJTalk
+    has one global instance, so this holds for the whole process; the compiled file goes to a
+    temporary folder (nothing is written next to the CSV).
+
+    Raises:
+        InputError: the file is missing or not a MeCab CSV, or the [ja] extra is not installed.
+    """
+    path = Path(csv_path)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip() and line.count(",") + 1 < _MECAB_FIELDS:
+                    raise InputError(f"{path}:{n}: not a MeCab dictionary row ({line.strip()!r})")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the Japanese user dictionary ({exc})") from exc
+    try:
+        import pyopenjtalk
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise InputError("Japanese text needs the [ja] extra: pip install 'gsv-rt[ja]'") from exc
+    with _USER_DICT_LOCK, JapaneseFrontend._lock:
+        compiled = Path(tempfile.mkdtemp(prefix="gsv-ja-userdic-")) / "user.dict"
+        with _silenced_stdout():  # MeCab's compiler prints progress on the C stdout
+            pyopenjtalk.mecab_dict_index(str(path), str(compiled))
+        if not compiled.is_file():
+            raise InputError(f"{path}: MeCab could not compile this user dictionary")
+        pyopenjtalk.update_global_jtalk_with_user_dict(str(compiled))
+        _USER_DICT[:] = [path]
+
+
+def unload_user_dictionary() -> None:
+    """Back to OpenJTalk's own dictionary (undoes :func:`load_user_dictionary`)."""
+    if not _USER_DICT:
+        return
+    import pyopenjtalk
+
+    with _USER_DICT_LOCK, JapaneseFrontend._lock:
+        pyopenjtalk.unset_user_dict()
+        _USER_DICT.clear()
 
 
 class JapaneseFrontend:

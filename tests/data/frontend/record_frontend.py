@@ -18,8 +18,9 @@ Offline stand-ins (documented in README.md next to this file):
 - NLTK's cmudict corpus is faked (upstream replaces its content by its own dictionaries).
 - pyopenjtalk-plus (dictionary in the wheel) stands in for pyopenjtalk, called with
   use_vanilla=True so that its own reading corrections are skipped.
-Optional: GSV_JA_USERDICT=/path/userdict.csv compiles upstream's Japanese user dictionary (not in
-the upstream git checkout) into a temporary folder and enables it.
+Japanese user dictionary mode: GSV_JA_USERDICT=/path/userdict.csv compiles that dictionary into a
+temporary folder and enables it (as upstream does with its ja_userdic/userdict.csv, which must
+not be in the checkout), records the ja and mixed rows and writes expected_ja_userdict.json.
 
 g2pW mode: GSV_G2PW_DIR=/path/G2PWModel (e.g. the stand-in built by tests/test_frontend_g2pw.py
 with ``python tests/test_frontend_g2pw.py /tmp/g2pw``) switches upstream's g2pW on with that
@@ -48,6 +49,8 @@ REPO = HERE.parents[2]
 CORPUS = HERE / "corpus.tsv"
 OUT = HERE / "expected.json"
 OUT_G2PW = HERE / "expected_g2pw.json"
+OUT_JA_USERDICT = HERE / "expected_ja_userdict.json"
+JA_GROUPS = ("ja", "mix")
 BERT_FIXTURE = REPO / "models" / "testing" / "fixtures" / "chinese-roberta-wwm-ext-large"
 G2PW_GROUPS = ("zh", "mix")
 V1_MODES = ("zh", "ja", "en", "all_zh", "all_ja", "auto")
@@ -235,11 +238,12 @@ def main() -> None:
     only = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp, _linked_g2pw(upstream, g2pw_dir):
         pre, log = setup_upstream(upstream, Path(tmp), g2pw=g2pw_dir is not None)
+        groups = G2PW_GROUPS if g2pw_dir else JA_GROUPS if os.environ.get("GSV_JA_USERDICT") else None
         results = {}
         for row in read_corpus():
             if only and row["id"] not in only:
                 continue
-            if g2pw_dir is not None and row["id"].rstrip("0123456789") not in G2PW_GROUPS:
+            if groups is not None and row["id"].rstrip("0123456789") not in groups:
                 continue
             versions = ["v2", "v1"] if row["lang"] in V1_MODES else ["v2"]
             if g2pw_dir is not None:
@@ -259,6 +263,11 @@ def main() -> None:
         meta["stand_ins"][0] = "g2pW on: random-weight stand-in G2PWModel"
         meta["g2pw_files"] = _fingerprint(g2pw_dir)
         out = OUT_G2PW
+    elif meta["ja_userdict"]:
+        meta["ja_userdict_sha256"] = _fingerprint(Path(os.environ["GSV_JA_USERDICT"]).parent)[
+            Path(os.environ["GSV_JA_USERDICT"]).name
+        ]
+        out = OUT_JA_USERDICT
     # One row per line keeps the file diffable.
     lines = [
         f" {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
