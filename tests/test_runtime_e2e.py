@@ -169,3 +169,23 @@ def test_package_level_load(tiny_bundle, ref_wav: Path) -> None:
     assert isinstance(tts, gsv_runtime.Synthesizer)
     audio = tts.synthesize(TEXT, "zh", ref_audio=ref_wav, prompt_text=PROMPT, seed=0)
     assert audio.sample_rate == 32000 and audio.seconds > 0.3
+
+
+def test_g2pw_through_the_synthesizer(tiny_bundle, ref_wav: Path, tmp_path: Path) -> None:
+    """A G2PWModel folder without its own tokenizer uses the support bundle's; results say so."""
+    from gsv_runtime.text import phonemize
+    from tests.test_frontend_g2pw import build_standin
+
+    folder = build_standin(tmp_path / "G2PWModel")
+    (folder / "tokenizer.json").unlink()
+    root = tiny_bundle("v2")
+    kwargs = {"ref_audio": ref_wav, "prompt_text": PROMPT, "prompt_lang": "zh", "seed": 3}
+    plain = Synthesizer.load(root, backend="onnxruntime").synthesize(TEXT, "zh", **kwargs)
+    synth = Synthesizer.load(root, backend="onnxruntime", g2pw_dir=folder)
+    assert synth.g2pw is not None and synth.g2pw.tokenizer_path == synth.support.tokenizer_path
+    result = synth.synthesize(TEXT, "zh", **kwargs)
+    assert plain.metadata["text"]["zh_polyphones"] == "pypinyin"
+    assert result.metadata["text"]["zh_polyphones"] == "g2pw"
+    config = SynthesisConfig.from_options(text_split_method="cut5")
+    ours = [s.phones.tolist() for s in synth.frontend(TEXT, "zh", config)]
+    assert ours == [s.phone_ids for s in phonemize(TEXT, "zh", "v2", g2pw=synth.g2pw).segments]

