@@ -143,8 +143,8 @@ class G2PW:
         if not self.tokenizer_path.is_file():
             raise InputError(
                 "g2pW needs the chinese-roberta-wwm-ext-large tokenizer.json; "
-                f"{self.tokenizer_path} does not exist (pass the tokenizer, or put "
-                "tokenizer.json in the G2PWModel folder)"
+                f"{self.tokenizer_path} does not exist (give it with --g2pw-tokenizer or "
+                "tokenizer=, or put it in the G2PWModel folder)"
             )
         config = read_config(self.model_dir / "config.py")
         self._use_mask = bool(config.get("use_mask", True))
