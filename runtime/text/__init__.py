@@ -4,8 +4,6 @@ Torch-free and offline; each language needs its extra (``gsv-rt[zh]``, ``[en]``,
 ``[yue]``, or ``[text]`` for all).
 """
 
-from typing import Any
-
 from gsv_runtime.text.frontend import (
     Phonemized,
     Piece,
@@ -15,27 +13,15 @@ from gsv_runtime.text.frontend import (
     phonemize_prompt,
     phonemize_segment,
 )
+from gsv_runtime.text.ja import load_user_dictionary as load_ja_user_dictionary
 from gsv_runtime.text.lang import LANGUAGE_MODES
 from gsv_runtime.text.segment import CUT_METHODS, split_text
 from gsv_runtime.text.symbols import SYMBOLS_V1, SYMBOLS_V2, phones_to_ids, symbols_for
-
-
-def load_ja_user_dictionary(csv_path: Any) -> None:
-    """Use a MeCab user dictionary for Japanese, process-wide (see ``ja.load_user_dictionary``)."""
-    from gsv_runtime.text.ja import load_user_dictionary
-
-    load_user_dictionary(csv_path)
-
-
-def load_g2pw(model_dir: Any, tokenizer: Any = None) -> Any:
-    """A g2pW polyphone predictor for a local G2PWModel folder (see ``zh_g2pw.G2PW``)."""
-    from gsv_runtime.text.zh_g2pw import load_g2pw as _load
-
-    return _load(model_dir, tokenizer)
-
+from gsv_runtime.text.zh_g2pw import G2PW, load_g2pw
 
 __all__ = [
     "CUT_METHODS",
+    "G2PW",
     "LANGUAGE_MODES",
     "SYMBOLS_V1",
     "SYMBOLS_V2",

@@ -69,8 +69,8 @@ def read_config(path: Path) -> dict[str, Any]:
             if isinstance(target, ast.Name):
                 try:
                     values[target.id] = ast.literal_eval(node.value)
-                except ValueError:
-                    continue
+                except (ValueError, TypeError, SyntaxError, RecursionError):
+                    continue  # not a literal (code is never run)
     return values
 
 
