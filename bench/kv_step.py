@@ -28,7 +28,7 @@ from gsv_bench.timers import summarize, time_calls
 from gsv_runtime.backends import RunnerOptions, available_backends
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import GsvError
-from gsv_runtime.t2s import open_t2s
+from gsv_runtime.gpt.t2s import open_t2s
 
 _LOGGER = logging.getLogger(__name__)
 

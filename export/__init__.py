@@ -19,7 +19,7 @@ from gsv_export.parity import ParityReport
 from gsv_export.writer import staging_dir, write_manifest
 from gsv_runtime.bundle import Manifest
 from gsv_runtime.errors import CheckpointError, InputError
-from gsv_runtime.sampling import MAX_STEPS, SamplingParams
+from gsv_runtime.gpt.sampling import MAX_STEPS, SamplingParams
 
 __all__ = ["export_bundle", "export_support_bundle"]
 

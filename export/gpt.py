@@ -54,7 +54,7 @@ from gsv_export.precision import onnx_fp16, onnx_int8
 from gsv_models.config import T2SConfig
 from gsv_models.t2s import T2SModel
 from gsv_runtime.bundle import GraphFile, GraphSpec, TensorSpec
-from gsv_runtime.t2s import (
+from gsv_runtime.gpt.t2s import (
     DECODER,
     PREFILL,
     PREFIX_EMBED,

@@ -35,7 +35,7 @@ from gsv_export.graph_io import ExportError, GraphDecl, export_onnx, to_openvino
 from gsv_export.precision import compress_int8
 from gsv_models.t2s import T2SModel
 from gsv_runtime.bundle import FORMAT_VERSION, GraphFile
-from gsv_runtime.t2s import DECODER, PREFIX_EMBED, TOKEN_EMBED, kv_names
+from gsv_runtime.gpt.t2s import DECODER, PREFIX_EMBED, TOKEN_EMBED, kv_names
 
 
 def export_embed_ir(

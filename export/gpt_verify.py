@@ -24,7 +24,7 @@ from gsv_models.t2s import T2SModel
 from gsv_runtime.backends import RunnerOptions, available_backends, make_runner
 from gsv_runtime.bundle import Bundle, GraphSpec, Manifest
 from gsv_runtime.errors import GsvError
-from gsv_runtime.t2s import (
+from gsv_runtime.gpt.t2s import (
     DECODER,
     PREFILL,
     STEP,

@@ -68,10 +68,10 @@ from gsv_export.parity import Check, ParityReport, relative_max_diff, snr_db
 from gsv_export.precision import onnx_fp16
 from gsv_models.sovits import SoVITSModel
 from gsv_models.version import ModelVersion
+from gsv_runtime.acoustic.sovits import DECODER, PROMPT, REF, frame_lengths, pad_rows
 from gsv_runtime.audio_features import linear_spectrogram
 from gsv_runtime.backends import RunnerOptions, make_runner
 from gsv_runtime.bundle import GraphFile, GraphSpec
-from gsv_runtime.sovits import DECODER, PROMPT, REF, frame_lengths, pad_rows
 
 _LOGGER = logging.getLogger(__name__)
 

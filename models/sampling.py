@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gsv_runtime.sampling import (
+from gsv_runtime.gpt.sampling import (
     MIN_STEPS_BEFORE_EOS,
     MIN_TEMPERATURE,
     SamplingParams,

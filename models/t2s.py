@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from gsv_models.config import T2SConfig
 from gsv_models.sampling import decode_step
-from gsv_runtime.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams
+from gsv_runtime.gpt.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams
 
 """Width of the phone-level BERT features (``bert_proj`` input)."""
 LN_EPS: Final = 1e-5

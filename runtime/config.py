@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 
 from gsv_runtime.errors import InputError
-from gsv_runtime.sampling import SamplingParams
+from gsv_runtime.gpt.sampling import SamplingParams
 
 SPLIT_METHODS: Final = ("cut0", "cut1", "cut2", "cut3", "cut4", "cut5")
 DEFAULT_SPLIT_METHOD: Final = "cut1"

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from gsv_runtime.acoustic.sovits import SoVITSStage
 from gsv_runtime.audio import load_reference, to_int16
 from gsv_runtime.audio_features import linear_spectrogram
 from gsv_runtime.backends import BackendName, RunnerOptions, available_backends
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import RuntimeConfig, SynthesisConfig
-from gsv_runtime.decode import DecodeRow, decode
 from gsv_runtime.errors import BackendError, BundleError, InputError
-from gsv_runtime.sovits import SoVITSStage
-from gsv_runtime.t2s import load_t2s
+from gsv_runtime.gpt.decode import DecodeRow, decode
+from gsv_runtime.gpt.t2s import load_t2s
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)

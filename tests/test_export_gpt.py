@@ -24,7 +24,7 @@ from gsv_models.version import ModelVersion
 from gsv_runtime.backends import RunnerOptions
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BackendError, InputError
-from gsv_runtime.t2s import (
+from gsv_runtime.gpt.t2s import (
     DECODER,
     PREFILL,
     STEP,
@@ -260,7 +260,7 @@ def test_unfused_openvino_graph_is_refused(exported: Exported) -> None:
     """The fusion check fails loudly on a graph whose KV path is a Concat (the ONNX step)."""
     import openvino as ov
 
-    from gsv_runtime.t2s_ov import check_stateful_fusion
+    from gsv_runtime.gpt.t2s_ov import check_stateful_fusion
 
     path = exported.bundle.graph_path(STEP, "onnxruntime")
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -270,7 +270,7 @@ def test_unfused_openvino_graph_is_refused(exported: Exported) -> None:
 
 def test_runtime_sessions_do_not_import_torch() -> None:
     code = (
-        "import sys, gsv_runtime.t2s, gsv_runtime.t2s_ort, gsv_runtime.t2s_ov; "
+        "import sys, gsv_runtime.gpt.t2s, gsv_runtime.gpt.t2s_ort, gsv_runtime.gpt.t2s_ov; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -29,11 +29,11 @@ from gsv_export.writer import write_manifest
 from gsv_models.sovits import SoVITSModel, stretched_lengths
 from gsv_models.testing import random_sovits, sovits_config
 from gsv_models.version import ModelVersion
+from gsv_runtime.acoustic.sovits import DECODER, GRAPHS, SoVITSStage, frame_lengths, mean_reference
 from gsv_runtime.audio_features import linear_spectrogram
 from gsv_runtime.backends import BACKENDS
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import InputError
-from gsv_runtime.sovits import DECODER, GRAPHS, SoVITSStage, frame_lengths, mean_reference
 from tests.conftest import VERSIONS
 
 LOW_PRECISION_VERSION = "v2ProPlus"
@@ -346,5 +346,5 @@ def test_verify_catches_a_wrong_export(exported) -> None:
 
 
 def test_runtime_module_does_not_import_torch() -> None:
-    code = "import sys, gsv_runtime.sovits; sys.exit('torch' in sys.modules)"
+    code = "import sys, gsv_runtime.acoustic.sovits; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -16,7 +16,7 @@ from gsv_export.parity import snr_db
 from gsv_models.load import load_model
 from gsv_runtime.config import SynthesisConfig
 from gsv_runtime.errors import InputError
-from gsv_runtime.sampling import SamplingParams
+from gsv_runtime.gpt.sampling import SamplingParams
 from gsv_runtime.synthesizer import Synthesizer
 from gsv_runtime.voice import Voice
 from tests.conftest import VERSIONS

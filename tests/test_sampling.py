@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gsv_models import sampling as reference
-from gsv_runtime.sampling import SamplingParams, decode_step, logits_to_probs
+from gsv_runtime.gpt.sampling import SamplingParams, decode_step, logits_to_probs
 
 V = 1025
 PARAMS = [

@@ -17,7 +17,7 @@ from gsv_models.config import T2SConfig
 from gsv_models.sampling import sample
 from gsv_models.t2s import T2SModel
 from gsv_models.testing.t2s_init import randomize_t2s_
-from gsv_runtime.sampling import SamplingParams
+from gsv_runtime.gpt.sampling import SamplingParams
 from tests.upstream_oracle import import_upstream
 
 pytestmark = pytest.mark.upstream

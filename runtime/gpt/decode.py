@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gsv_runtime.errors import InputError
-from gsv_runtime.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams, decode_step
-from gsv_runtime.t2s import T2SSession
+from gsv_runtime.gpt.sampling import MAX_STEPS, MIN_STEPS_BEFORE_EOS, SamplingParams, decode_step
+from gsv_runtime.gpt.t2s import T2SSession
 
 TokenCallback = Callable[[int, np.ndarray], None]
 """Called as ``on_token(row, tokens_so_far)`` after every step of a running row."""

@@ -15,7 +15,7 @@ import numpy as np
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BackendError, InputError
-from gsv_runtime.t2s import (
+from gsv_runtime.gpt.t2s import (
     PREFILL,
     STEP,
     STEP_GQA,

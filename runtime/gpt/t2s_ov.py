@@ -21,7 +21,7 @@ import numpy as np
 from gsv_runtime.backends import RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BackendError, first_line
-from gsv_runtime.t2s import (
+from gsv_runtime.gpt.t2s import (
     DECODER,
     OV_PRECISION,
     PREFIX_EMBED,

@@ -2,7 +2,7 @@
 
 A :class:`T2SSession` holds one batch of requests: ``prefill`` runs the right-padded prefix and
 returns each row's next-token logits, ``step`` feeds one token per row, ``keep`` drops finished
-rows. Sampling is not done here (see ``gsv_runtime.sampling``). The designs, chosen by
+rows. Sampling is not done here (see ``gsv_runtime.gpt.sampling``). The designs, chosen by
 :func:`load_t2s` from what the bundle holds and the backend (timings: ``gsv_bench.kv_step``):
 
 ``gqa`` (onnxruntime)
@@ -341,17 +341,17 @@ def load_t2s(
     if chosen == "stateful":
         if backend != "openvino":
             raise InputError("the stateful design needs the openvino backend")
-        from gsv_runtime.t2s_ov import load_stateful
+        from gsv_runtime.gpt.t2s_ov import load_stateful
 
         factory = load_stateful(bundle, options, precision, kv_precision)
     elif chosen == "gqa":
         if backend != "onnxruntime":
             raise InputError("the gqa design needs the onnxruntime backend")
-        from gsv_runtime.t2s_ort import load_gqa
+        from gsv_runtime.gpt.t2s_ort import load_gqa
 
         factory = load_gqa(bundle, options, precision, max_tokens)
     else:
-        from gsv_runtime.t2s_ort import load_canonical
+        from gsv_runtime.gpt.t2s_ort import load_canonical
 
         factory = load_canonical(bundle, backend, options, precision)
     _LOGGER.debug("t2s: %s design on %s %s (%s)", chosen, backend, device, precision)

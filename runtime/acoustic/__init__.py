@@ -1,0 +1,1 @@
+"""The acoustic stage: semantic tokens + phones + the voice's reference → waveform."""
