@@ -18,9 +18,11 @@ rows. Sampling is not done here (see ``gsv_runtime.gpt.sampling``). The designs,
     same compiled graph, so the prefill writes the state directly (no ``set_state``).
 
 Slot layout (all designs): row i's prefix fills slots [0, L_i) with L_i = phones_i + prompt_i;
-decode step t feeds its token at audio position ``prompt_i + t``. ``gqa`` writes it at slot
-``L_i + t`` (rows contiguous); ``canonical`` and ``stateful`` append at slot ``S + t`` for every
-row (S = padded prefix) and mask the hole [L_i, S).
+its decode step t feeds its token at audio position ``prompt_i + t``. ``gqa`` writes it at slot
+``L_i + t`` (rows contiguous, each row in a slot of a preallocated pool); ``canonical`` and
+``stateful`` append one slot per step for every row and mask, per row, the slots it does not own
+(the padding of its prefix, slots from before it joined). Rows can join a running batch
+(:meth:`T2SSession.join`) and leave it (:meth:`T2SSession.keep`) at any step.
 """
 
 from __future__ import annotations
@@ -112,6 +114,21 @@ class T2SSession(Protocol):
         """Continue with only ``rows`` (indices into the current batch, in that order)."""
         ...
 
+    def join(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None,
+        prompt_lens: np.ndarray | None,
+    ) -> np.ndarray:
+        """Prefill new rows and append them after the running ones (continuous batching).
+
+        The running rows' caches are kept as they are; on an empty session this is
+        :meth:`prefill`. Returns the new rows' next-token logits [b, V].
+        """
+        ...
+
 
 @dataclass
 class PrefixBatch:
@@ -184,18 +201,30 @@ class PrefixBatch:
 
 
 class RowState:
-    """Per-row bookkeeping shared by the designs: lengths, positions, masks, compaction."""
+    """Per-row bookkeeping shared by the designs: lengths, positions, visible slots, compaction.
+
+    Every row carries its own step count, so rows that joined the batch at different times (see
+    :meth:`T2SSession.join`) feed their tokens at their own audio positions. ``visible`` marks
+    the cache slots each row attends in the appending designs (``canonical``, ``stateful``),
+    where every step appends one slot for all rows; ``gqa`` keeps each row contiguous instead.
+    """
 
     def __init__(self, batch: PrefixBatch, max_positions: int = MAX_POSITIONS) -> None:
         self.lens = batch.phone_lens + batch.prompt_lens  # (B,) real prefix slots
         self.prompt_lens = batch.prompt_lens.copy()
-        self.width = batch.width  # S
-        self.steps = 0  # tokens fed so far
+        self.steps = np.zeros(len(self.lens), np.int64)  # tokens fed so far, per row
         self.max_positions = max_positions
+        slots = np.arange(batch.width)
+        self.visible = slots[None, :] < self.lens[:, None]  # (B, W) attended cache slots
 
     @property
     def batch(self) -> int:
         return int(self.lens.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Cache slots of the appending designs (prefix slots + appended ones)."""
+        return int(self.visible.shape[1])
 
     def positions(self) -> np.ndarray:
         """Audio position of the token fed now, [B] int64."""
@@ -208,16 +237,46 @@ class RowState:
         return pos
 
     def append_mask(self) -> np.ndarray:
-        """Additive mask [B, 1, 1, S + t + 1] of an appending step: prefix rows and new slots."""
-        total = self.width + self.steps + 1
-        j = np.arange(total)
-        visible = (j[None, :] < self.lens[:, None]) | (j[None, :] >= self.width)
+        """Additive mask [B, 1, 1, W + 1] of an appending step: visible slots and the new one."""
+        visible = np.concatenate([self.visible, np.ones((self.batch, 1), bool)], axis=1)
         mask = np.where(visible, np.float32(0), NEG_INF).astype(np.float32)
-        return mask.reshape(self.batch, 1, 1, total)
+        return mask.reshape(self.batch, 1, 1, self.width + 1)
+
+    def appended(self) -> None:
+        """Every row fed one token into a new slot at the end of the cache."""
+        self.visible = np.concatenate([self.visible, np.ones((self.batch, 1), bool)], axis=1)
+        self.steps += 1
 
     def keep(self, rows: np.ndarray) -> None:
         self.lens = self.lens[rows]
         self.prompt_lens = self.prompt_lens[rows]
+        self.steps = self.steps[rows]
+        self.visible = self.visible[rows]
+
+    def extend(self, other: RowState) -> None:
+        """Append ``other``'s rows (a fresh prefill) after this batch's rows; both widen to
+        the larger width, the added slots invisible."""
+        width = max(self.width, other.width)
+        self.lens = np.concatenate([self.lens, other.lens])
+        self.prompt_lens = np.concatenate([self.prompt_lens, other.prompt_lens])
+        self.steps = np.concatenate([self.steps, other.steps])
+        self.visible = np.concatenate(
+            [_widen(self.visible, width), _widen(other.visible, width)], axis=0
+        )
+
+
+def _widen(visible: np.ndarray, width: int) -> np.ndarray:
+    pad = np.zeros((visible.shape[0], width - visible.shape[1]), bool)
+    return np.concatenate([visible, pad], axis=1)
+
+
+def widen_cache(kv: np.ndarray, width: int) -> np.ndarray:
+    """``[B, nh, S, hs]`` → ``[B, nh, width, hs]``, zeros in the added (invisible) slots."""
+    if kv.shape[2] == width:
+        return kv
+    out = np.zeros((*kv.shape[:2], width, kv.shape[3]), kv.dtype)
+    out[:, :, : kv.shape[2]] = kv
+    return out
 
 
 class RowTracking:
@@ -237,13 +296,15 @@ class RowTracking:
 
 
 def as_rows(rows: Sequence[int] | np.ndarray, batch: int) -> np.ndarray:
-    """Validated int64 row indices.
+    """Validated int64 row indices (empty: every row leaves).
 
     Raises:
-        InputError: empty, out of range or repeated.
+        InputError: out of range or repeated.
     """
     idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= batch or len(set(idx.tolist())) != idx.size:
+    if idx.size == 0:
+        return idx
+    if idx.min() < 0 or idx.max() >= batch or len(set(idx.tolist())) != idx.size:
         raise InputError(f"rows must be distinct indices in [0, {batch}), got {idx.tolist()}")
     return idx
 

@@ -29,6 +29,7 @@ from gsv_runtime.gpt.t2s import (
     graph_file,
     kv_names,
     layer_count,
+    widen_cache,
 )
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -112,6 +113,11 @@ class CanonicalSession(RowTracking):
         self._rows: RowState | None = None
         self._kv: list[Any] = []
 
+    def _run_prefill(self, *args: np.ndarray | None) -> tuple[np.ndarray, RowState, list[Any]]:
+        batch = PrefixBatch.build(*args)  # type: ignore[arg-type]
+        host, kv = self._prefill.run(batch.feed(), {}, self._present)
+        return host["logits"], RowState(batch), kv
+
     def prefill(
         self,
         phones: np.ndarray,
@@ -120,10 +126,29 @@ class CanonicalSession(RowTracking):
         prompt: np.ndarray | None = None,
         prompt_lens: np.ndarray | None = None,
     ) -> np.ndarray:
-        batch = PrefixBatch.build(phones, phone_lens, bert, prompt, prompt_lens)
-        host, self._kv = self._prefill.run(batch.feed(), {}, self._present)
-        self._rows = RowState(batch)
-        return host["logits"]
+        logits, self._rows, self._kv = self._run_prefill(
+            phones, phone_lens, bert, prompt, prompt_lens
+        )
+        return logits
+
+    def join(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None = None,
+        prompt_lens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if self._rows is None:
+            return self.prefill(phones, phone_lens, bert, prompt, prompt_lens)
+        logits, rows, kv = self._run_prefill(phones, phone_lens, bert, prompt, prompt_lens)
+        width = max(self._rows.width, rows.width)
+        self._kv = [
+            self._upload(np.concatenate([widen_cache(_to_host(a), width) for a in (old, new)]))
+            for old, new in zip(self._kv, kv, strict=True)
+        ]
+        self._rows.extend(rows)
+        return logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         rows = self._state()
@@ -135,25 +160,36 @@ class CanonicalSession(RowTracking):
         host, self._kv = self._step.run(
             feed, dict(zip(self._past, self._kv, strict=True)), self._present
         )
-        rows.steps += 1
+        rows.appended()
         return host["logits"]
 
     def keep(self, rows: Sequence[int] | np.ndarray) -> None:
         state = self._state()
         idx = as_rows(rows, state.batch)
+        if idx.size == 0:
+            self._rows, self._kv = None, []
+            return
         state.keep(idx)
         self._kv = [self._upload(_to_host(v)[idx]) for v in self._kv]
 
 
 class GqaSession(RowTracking):
-    """``t2s_prefill`` + ``t2s_step_gqa[_kv16]``: preallocated caches written in place.
+    """``t2s_prefill`` + ``t2s_step_gqa[_kv16]``: a pool of cache slots written in place.
 
-    The prefill's K/V are copied once into [B, nh, prefix + max_tokens, hs] buffers; each step
+    Each layer's K and V live in one pool ``[slots, nh, W, hs]``; a row owns one slot from its
+    prefill until it leaves. The step runs over slots ``[0, n)`` (n = highest owned slot + 1),
     binds ``present.*`` to the same OrtValues as ``past_key_values.*``, and GroupQueryAttention
-    writes row i's new K/V at slot ``seqlens_k[i]`` (= L_i + t) and attends over slots ≤ it.
+    writes row i's new K/V at position ``seqlens_k[i]`` (= L_i + t_i) of its slot. A free slot
+    below n is fed a dummy token with ``seqlens_k`` 0 (it only scribbles on its own slot 0).
+    Rows leaving free their slot without copying anything; a joining row's prefix is copied
+    into the lowest free slot. The pool grows (slots, or W by at least ``GROW_SLOTS``) only when
+    a row needs it, so memory follows the live context. On CPU the OrtValues alias the numpy
+    pool; on another device the pool is mirrored to the host only when rows join or it grows.
     """
 
     design = "gqa"
+    GROW_SLOTS = 256
+    """Cache positions added per growth (a growth copies the pool once)."""
 
     def __init__(
         self,
@@ -169,8 +205,11 @@ class GqaSession(RowTracking):
         self._kv_dtype = kv_dtype
         self._max_tokens = max_tokens
         self._rows: RowState | None = None
-        self._kv: list[Any] = []
+        self._slot = np.zeros(0, np.int64)  # slot of each row, in batch order
+        self._pool: np.ndarray | None = None  # [2 * n_layer, slots, nh, W, hs]
+        self._device_kv: list[Any] = []
         self._io: Any = None
+        self._bound = 0  # slots the binding covers
 
     def prefill(
         self,
@@ -180,54 +219,121 @@ class GqaSession(RowTracking):
         prompt: np.ndarray | None = None,
         prompt_lens: np.ndarray | None = None,
     ) -> np.ndarray:
+        self._rows, self._slot, self._pool, self._io = None, np.zeros(0, np.int64), None, None
+        return self.join(phones, phone_lens, bert, prompt, prompt_lens)
+
+    def join(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None = None,
+        prompt_lens: np.ndarray | None = None,
+    ) -> np.ndarray:
         batch = PrefixBatch.build(phones, phone_lens, bert, prompt, prompt_lens)
         host, kv = self._prefill.run(batch.feed(), {}, self._present)
-        self._rows = RowState(batch)
-        width = batch.width + self._max_tokens
-        buffers = []
-        for value in kv:
-            prefix = _to_host(value)  # (B, nh, S, hs)
-            b, nh, s, hs = prefix.shape
-            buf = np.zeros((b, nh, width, hs), self._kv_dtype)
-            buf[:, :, :s] = prefix
-            buffers.append(buf)
-        self._bind(buffers)
+        new = RowState(batch)
+        self._to_host()
+        free = sorted(set(range(self._slots())) - set(self._slot.tolist()))
+        slots = (free + list(range(self._slots(), self._slots() + new.batch)))[: new.batch]
+        need_w = int(new.lens.max()) + min(self._max_tokens, self.GROW_SLOTS)
+        self._grow(max(slots) + 1, need_w)
+        assert self._pool is not None
+        prefix = [_to_host(v) for v in kv]  # each (b, nh, S, hs)
+        for i, slot in enumerate(slots):
+            n = int(new.lens[i])
+            for j, value in enumerate(prefix):
+                self._pool[j, slot, :, :n] = value[i, :, :n]
+        if self._rows is None:
+            self._rows = new
+        else:
+            self._rows.extend(new)
+        self._slot = np.concatenate([self._slot, np.array(slots, np.int64)])
+        self._io = None
         return host["logits"]
 
-    def _bind(self, buffers: list[np.ndarray]) -> None:
-        """Upload the caches and bind each as both past and present of one IOBinding."""
-        self._kv = [self._step.device.upload(b) for b in buffers]
+    def _slots(self) -> int:
+        return 0 if self._pool is None else int(self._pool.shape[1])
+
+    def _grow(self, slots: int, width: int) -> None:
+        """Make the pool at least ``slots`` × ``width``, copying what it holds."""
+        if self._pool is not None and self._pool.shape[1] >= slots and self._pool.shape[3] >= width:
+            return
+        spec = self._prefill.session.get_outputs()
+        if self._pool is None:
+            n_kv = len(self._present)
+            shape = next(o.shape for o in spec if o.name == self._present[0])
+            nh, hs = int(shape[1]), int(shape[3])
+            self._pool = np.zeros((n_kv, slots, nh, width, hs), self._kv_dtype)
+            return
+        old = self._pool
+        n_kv, s, nh, w, hs = old.shape
+        grown = np.zeros((n_kv, max(slots, s), nh, max(width, w), hs), self._kv_dtype)
+        grown[:, :s, :, :w] = old
+        self._pool = grown
+        self._io = None
+
+    def _to_host(self) -> None:
+        """Off-CPU, bring the device caches back into the pool before editing it."""
+        if self._step.device.kind != "cpu" and self._io is not None and self._pool is not None:
+            for j, value in enumerate(self._device_kv):
+                self._pool[j, : self._bound] = value.numpy()
+
+    def _bind(self, n: int) -> None:
+        """Bind slots [0, n) of every cache as both past and present of one IOBinding."""
+        assert self._pool is not None
+        upload = self._step.device.upload
+        self._device_kv = [upload(self._pool[j, :n]) for j in range(len(self._pool))]
         io = self._step.session.io_binding()
         io.bind_output("logits", "cpu")  # first bound → get_outputs()[0]
-        for past, present, value in zip(self._past, self._present, self._kv, strict=True):
+        for past, present, value in zip(self._past, self._present, self._device_kv, strict=True):
             io.bind_ortvalue_input(past, value)
             io.bind_ortvalue_output(present, value)
-        self._io = io
+        self._io, self._bound = io, n
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         rows = self._state()
-        seqlens = (rows.lens + rows.steps).astype(np.int32)  # past length of each row
-        capacity = self._kv[0].shape()[2]
-        if int(seqlens.max()) >= capacity:
+        tok = as_tokens(tokens, rows.batch)
+        positions = rows.positions()
+        if int(rows.steps.max()) >= self._max_tokens:
             raise InputError(
-                f"the GQA cache holds {capacity} slots (prefix + max_tokens); load the "
-                "decoder with a larger max_tokens"
+                f"a row reached the GQA cache's {self._max_tokens} decode slots "
+                "(max_tokens); load the decoder with a larger max_tokens"
             )
+        seqlens_rows = rows.lens + rows.steps  # past length of each row
+        assert self._pool is not None
+        if int(seqlens_rows.max()) >= self._pool.shape[3]:
+            self._to_host()
+            self._grow(self._slots(), int(seqlens_rows.max()) + self.GROW_SLOTS)
+        n = int(self._slot.max()) + 1
+        if self._io is None or n != self._bound:
+            self._to_host()
+            self._bind(n)
+        full_tokens = np.zeros((n, 1), np.int64)
+        full_positions = np.zeros(n, np.int64)
+        seqlens = np.zeros(n, np.int32)
+        full_tokens[self._slot] = tok
+        full_positions[self._slot] = positions
+        seqlens[self._slot] = seqlens_rows
         io = self._io
-        io.bind_cpu_input("tokens", as_tokens(tokens, rows.batch))
-        io.bind_cpu_input("positions", rows.positions())
+        io.bind_cpu_input("tokens", full_tokens)
+        io.bind_cpu_input("positions", full_positions)
         io.bind_cpu_input("seqlens_k", seqlens)
         io.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
         self._step.session.run_with_iobinding(io)
         rows.steps += 1
         # copy: the array may view memory the binding reuses on the next run
-        return np.array(io.get_outputs()[0].numpy(), copy=True)
+        return np.array(io.get_outputs()[0].numpy()[self._slot], copy=True)
 
     def keep(self, rows: Sequence[int] | np.ndarray) -> None:
         state = self._state()
         idx = as_rows(rows, state.batch)
+        if idx.size == 0:  # nothing left: release the pool
+            self._rows, self._slot, self._pool, self._io = None, np.zeros(0, np.int64), None, None
+            self._device_kv = []
+            return
         state.keep(idx)
-        self._bind([v.numpy()[idx] for v in self._kv])
+        self._slot = self._slot[idx]
 
 
 def _ort_graphs(

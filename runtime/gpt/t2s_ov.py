@@ -33,6 +33,7 @@ from gsv_runtime.gpt.t2s import (
     as_rows,
     as_tokens,
     graph_file,
+    widen_cache,
 )
 
 FUSED_LAYER: tuple[str, ...] = ("ScaledDotProductAttention", "ScaledAttnWithKVCache")
@@ -103,26 +104,38 @@ def compile_decoder(
 
 
 class StatefulSession(RowTracking):
-    """One infer request of the stateful decoder: its state is this batch's KV cache."""
+    """One infer request of the stateful decoder: its state is this batch's KV cache.
+
+    Joining rows prefill on a second infer request of the same compiled model; their states are
+    then merged with the running rows' (read, widened, concatenated, written back): a copy of
+    the cache per join, the price of keeping the fused in-plugin cache for every step.
+    """
 
     design = "stateful"
 
     def __init__(self, compiled: Any, prefix_embed: Any, token_embed: Any) -> None:
+        self._compiled = compiled
         self._request = compiled.create_infer_request()
+        self._scratch: Any = None
         self._logits = compiled.output("logits")
         self._prefix_embed = prefix_embed
         self._token_embed = token_embed
         self._rows: RowState | None = None
         self._beam: np.ndarray | None = None
 
-    def _infer(self, embeds: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def _infer(self, request: Any, embeds: np.ndarray, mask: np.ndarray, last: np.ndarray) -> Any:
         b = embeds.shape[0]
         beam = self._beam if self._beam is not None else np.arange(b, dtype=np.int32)
         self._beam = None
-        result = self._request.infer(
-            {"embeds": embeds, "mask": mask, "last": last, "beam_idx": beam}
-        )
+        result = request.infer({"embeds": embeds, "mask": mask, "last": last, "beam_idx": beam})
         return np.array(result[self._logits])
+
+    def _prefill_on(self, request: Any, *args: np.ndarray | None) -> tuple[np.ndarray, RowState]:
+        batch = PrefixBatch.build(*args)  # type: ignore[arg-type]
+        prefix = self._prefix_embed.run(batch.feed())
+        rows = RowState(batch)
+        request.reset_state()
+        return self._infer(request, prefix["embeds"], prefix["mask"], rows.lens - 1), rows
 
     def prefill(
         self,
@@ -132,24 +145,60 @@ class StatefulSession(RowTracking):
         prompt: np.ndarray | None = None,
         prompt_lens: np.ndarray | None = None,
     ) -> np.ndarray:
-        batch = PrefixBatch.build(phones, phone_lens, bert, prompt, prompt_lens)
-        prefix = self._prefix_embed.run(batch.feed())
-        self._rows = rows = RowState(batch)
-        self._request.reset_state()
         self._beam = None
-        return self._infer(prefix["embeds"], prefix["mask"], rows.lens - 1)
+        logits, self._rows = self._prefill_on(
+            self._request, phones, phone_lens, bert, prompt, prompt_lens
+        )
+        return logits
+
+    def join(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None = None,
+        prompt_lens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if self._rows is None:
+            return self.prefill(phones, phone_lens, bert, prompt, prompt_lens)
+        import openvino as ov
+
+        pending = self._beam
+        self._beam = None
+        if self._scratch is None:
+            self._scratch = self._compiled.create_infer_request()
+        logits, rows = self._prefill_on(
+            self._scratch, phones, phone_lens, bert, prompt, prompt_lens
+        )
+        width = max(self._rows.width, rows.width)
+        added = {s.name: s.state.data for s in self._scratch.query_state()}
+        for state in self._request.query_state():
+            old = state.state.data
+            old = old[pending] if pending is not None else old
+            merged = np.concatenate(
+                [widen_cache(old, width), widen_cache(added[state.name], width)]
+            )
+            state.state = ov.Tensor(np.ascontiguousarray(merged))
+        self._rows.extend(rows)
+        return logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         rows = self._state()
         feed = {"tokens": as_tokens(tokens, rows.batch), "positions": rows.positions()}
         embeds = self._token_embed.run(feed)["embeds"]
-        logits = self._infer(embeds, rows.append_mask(), np.zeros(rows.batch, np.int64))
-        rows.steps += 1
+        logits = self._infer(
+            self._request, embeds, rows.append_mask(), np.zeros(rows.batch, np.int64)
+        )
+        rows.appended()
         return logits
 
     def keep(self, rows: Sequence[int] | np.ndarray) -> None:
         state = self._state()
         idx = as_rows(rows, state.batch)
+        if idx.size == 0:
+            self._rows, self._beam = None, None
+            self._request.reset_state()
+            return
         state.keep(idx)
         # the next infer gathers the state rows; a second keep before it composes the two
         previous = self._beam if self._beam is not None else None
