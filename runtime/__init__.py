@@ -13,14 +13,26 @@ from gsv_runtime.errors import BackendError, BundleError, CheckpointError, GsvEr
 if TYPE_CHECKING:
     from gsv_runtime.bundle import Bundle
     from gsv_runtime.config import RuntimeConfig, SynthesisConfig
-    from gsv_runtime.synthesizer import AudioChunk, AudioResult, Synthesizer
+    from gsv_runtime.engine import (
+        AudioChunk,
+        AudioResult,
+        Engine,
+        EngineConfig,
+        SynthesisRequest,
+        VoiceModel,
+    )
+    from gsv_runtime.synthesizer import Synthesizer
     from gsv_runtime.voice import Voice
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AudioChunk": "gsv_runtime.synthesizer",
-    "AudioResult": "gsv_runtime.synthesizer",
+    "AudioChunk": "gsv_runtime.engine",
+    "AudioResult": "gsv_runtime.engine",
+    "Engine": "gsv_runtime.engine",
+    "EngineConfig": "gsv_runtime.engine",
+    "SynthesisRequest": "gsv_runtime.engine",
+    "VoiceModel": "gsv_runtime.engine",
     "Bundle": "gsv_runtime.bundle",
     "RuntimeConfig": "gsv_runtime.config",
     "SynthesisConfig": "gsv_runtime.config",
@@ -35,12 +47,16 @@ __all__ = [
     "Bundle",
     "BundleError",
     "CheckpointError",
+    "Engine",
+    "EngineConfig",
     "GsvError",
     "InputError",
     "RuntimeConfig",
     "SynthesisConfig",
+    "SynthesisRequest",
     "Synthesizer",
     "Voice",
+    "VoiceModel",
     "__version__",
     "load",
 ]

@@ -425,6 +425,20 @@ def _read_text(text: str | None, text_file: Path | None) -> str:
 @click.option("--ref-free", is_flag=True, help="Ignore the prompt text and tokens.")
 @click.option("--aux-ref", "aux_refs", multiple=True, type=click.Path(path_type=Path))
 @click.option("--any-length", is_flag=True, help="Accept references outside 3–10 s.")
+@click.option(
+    "--per-line",
+    is_flag=True,
+    help="Each line of -f FILE is one utterance (a .jsonl file: objects with text and "
+    "optional lang, out, options); -o is then a folder with one WAV per line. All lines run "
+    "through the engine together.",
+)
+@click.option(
+    "--stream",
+    type=click.Choice(["segment", "token"]),
+    default="segment",
+    show_default=True,
+    help="Chunking of the audio: per text segment, or token windows as they decode.",
+)
 @_runtime_options
 def tts_cmd(
     bundle: Path,
@@ -438,6 +452,7 @@ def tts_cmd(
     out: Path,
     aux_refs: tuple[Path, ...],
     any_length: bool,
+    per_line: bool,
     backend: str,
     device: str,
     threads: int | None,
@@ -445,35 +460,37 @@ def tts_cmd(
     support: Path | None,
     g2pw: Path | None,
     ja_userdict: Path | None,
-    **options: object,
+    **options: Any,
 ) -> None:
-    """Speak text with a voice bundle and write a WAV file."""
+    """Speak text with a voice bundle and write a WAV file (or one per line: --per-line)."""
     import time
 
     import numpy as np
 
     from gsv_runtime.audio import write_wav
 
-    content = _read_text(text, text_file)
     if (voice_name is None) == (ref_audio is None):
         raise InputError("give a saved voice (-v NAME) or a reference (-r ref.wav -p TEXT)")
+    content = _read_text(text, text_file)
+    options = {k: v for k, v in options.items() if v is not None}
+    stream = options.pop("stream")
+    voice_args = {
+        "ref_audio": ref_audio,
+        "prompt_text": prompt_text,
+        "prompt_lang": prompt_lang,
+        "check_duration": not any_length,
+        "aux_ref_audio_paths": aux_refs,
+    }
+    lines = _batch_lines(content, text_file, lang, options, voice_args) if per_line else None
     start = time.perf_counter()
     synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw, ja_userdict)
     loaded = time.perf_counter()
-    voice = synth.saved_voice(voice_name) if voice_name else None
-    options = {k: v for k, v in options.items() if v is not None}
+    if lines is not None:
+        _tts_batch(synth, lines, voice_name, out, start, loaded)
+        return
     report: dict[str, Any] = {}
     chunks = synth.stream(
-        content,
-        lang,
-        voice,
-        ref_audio=ref_audio,
-        prompt_text=prompt_text,
-        prompt_lang=prompt_lang,
-        check_duration=not any_length,
-        aux_ref_audio_paths=aux_refs,
-        report=report,
-        **options,
+        content, lang, voice_name, report=report, stream=stream, **voice_args, **options
     )
     err = click.get_text_stream("stderr")
     with click.progressbar(
@@ -489,6 +506,97 @@ def tts_cmd(
         f"(load {loaded - start:.2f} s; {synth.backend} {synth.runtime.device})",
         err=True,
     )
+
+
+def _batch_lines(
+    content: str,
+    source: Path | None,
+    lang: str,
+    options: dict[str, Any],
+    voice_args: dict[str, Any],
+) -> list[tuple[str, dict[str, Any]]]:
+    """``--per-line``: one request per non-empty line (plain text, or a JSON object with
+    ``text`` and optionally ``lang``, ``out`` and options), all checked before any runs.
+
+    Returns ``(file name, request keyword arguments)`` per line.
+    """
+    import json
+
+    from gsv_runtime.engine import SynthesisRequest
+
+    jsonl = source is not None and source.suffix.lower() in (".jsonl", ".ndjson")
+    out: list[tuple[str, dict[str, Any]]] = []
+    names: set[str] = set()
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        item: dict[str, Any] = {"text": line.strip()}
+        if jsonl:
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"line {number}: not JSON ({exc})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise InputError(f'line {number}: expected an object with a "text" string')
+        name = str(item.pop("out", f"{len(out) + 1:04d}.wav"))
+        if Path(name).name != name or not name.endswith(".wav") or name in names:
+            raise InputError(f"line {number}: out must be a unique plain file name *.wav: {name!r}")
+        names.add(name)
+        kwargs = {**voice_args, **options, "lang": lang, **item}
+        try:
+            SynthesisRequest.from_options(**{**kwargs, "voice": None})
+        except (InputError, TypeError) as exc:
+            raise InputError(f"line {number}: {exc}") from None
+        out.append((name, kwargs))
+    if not out:
+        raise InputError("the text file has no non-empty line")
+    return out
+
+
+def _tts_batch(
+    synth: Any,
+    lines: list[tuple[str, dict[str, Any]]],
+    voice_name: str | None,
+    out_dir: Path,
+    start: float,
+    loaded: float,
+) -> None:
+    """Run every line through the engine at once; write each WAV as it finishes."""
+    import time
+
+    from gsv_runtime.audio import write_wav
+    from gsv_runtime.engine import SynthesisRequest
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: with --per-line, -o names a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    voice = synth.saved_voice(voice_name) if voice_name else None
+    requests = []
+    for _, kwargs in lines:
+        args = dict(kwargs)
+        text, lang = args.pop("text"), args.pop("lang")
+        requests.append(SynthesisRequest.from_options(text, lang, voice, **args))
+    failed = 0
+    seconds = 0.0
+    err = click.get_text_stream("stderr")
+    results = synth.synthesize_many(requests, ordered=False)
+    with click.progressbar(results, length=len(requests), label="synthesizing", file=err) as bar:
+        for index, result in bar:
+            name = lines[index][0]
+            if isinstance(result, Exception):
+                failed += 1
+                click.echo(f"\nerror: {name}: {result}", err=True)
+                continue
+            write_wav(out_dir / name, result.samples, result.sample_rate)
+            seconds += result.seconds
+    wall = time.perf_counter() - loaded
+    click.echo(
+        f"{out_dir}: {len(requests) - failed} files, {seconds:.2f} s of audio in {wall:.2f} s, "
+        f"RTF {wall / max(seconds, 1e-9):.3f} (load {loaded - start:.2f} s)",
+        err=True,
+    )
+    if failed:
+        raise InputError(f"{failed} of {len(requests)} lines failed")
 
 
 @main.command("phonemize")

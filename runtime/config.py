@@ -37,6 +37,10 @@ class SynthesisConfig:
     aux_ref_audio_paths: tuple[str, ...] = field(default_factory=tuple)
     """More references of the same voice; their ge vectors are averaged with the main one."""
     max_steps: int = 1500
+    overlap_length: int = 2
+    """Token streaming: tokens of audio two consecutive chunks share (cross-faded)."""
+    min_chunk_length: int = 16
+    """Token streaming: new tokens that make a chunk."""
     fixed_length: int | None = None
     """Decode exactly this many tokens per segment with EOS masked (benchmarks, random weights)."""
 
@@ -61,6 +65,8 @@ class SynthesisConfig:
                 "in [0, 10]",
             ),
             ("max_steps", 1 <= self.max_steps <= 1500, "in [1, 1500]"),
+            ("overlap_length", 0 <= self.overlap_length <= 64, "in [0, 64]"),
+            ("min_chunk_length", 1 <= self.min_chunk_length <= 1500, "in [1, 1500]"),
             (
                 "fixed_length",
                 self.fixed_length is None or 1 <= self.fixed_length <= 1500,

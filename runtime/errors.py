@@ -21,6 +21,18 @@ class BackendError(GsvError):
     """An inference backend or device that is not installed or cannot run a graph."""
 
 
+class EngineBusyError(GsvError):
+    """The engine's request queue is full; retry later (HTTP 503 with Retry-After)."""
+
+
+class RequestCancelledError(GsvError):
+    """The request was cancelled (by its client, or because the engine is shutting down)."""
+
+
+class RequestTimeoutError(GsvError):
+    """The request did not finish within its timeout."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (libraries often append long logs)."""
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]

@@ -51,7 +51,7 @@ def test_greedy_tokens_and_audio_match_torch(
     for seg, tok in zip(segments, tokens, strict=True):
         assert len(tok) > 11
         np.testing.assert_array_equal(tok, _torch_tokens(gpt, voice, seg.phones, seg.bert))
-    wavs = synth.vocode(tokens, segments, voice, config, np.random.default_rng(0))
+    wavs = synth.vocode(tokens, segments, voice, config, seed=0)
     for seg, tok, wav in zip(segments, tokens, wavs, strict=True):
         codes, phones = torch.from_numpy(tok)[None], torch.from_numpy(seg.phones)[None]
         ref, _ = sovits.decode(

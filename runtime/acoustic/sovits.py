@@ -19,6 +19,7 @@ from typing import Final
 
 import numpy as np
 
+from gsv_runtime.acoustic import VocodeJob
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle, GraphSpec
 from gsv_runtime.errors import BundleError, InputError
@@ -44,6 +45,11 @@ def frame_lengths(code_lengths: Sequence[int], speeds: Sequence[float]) -> np.nd
         ],
         dtype=np.int64,
     )
+
+
+def _frame_offset(token_offset: int, speed: float) -> int:
+    """Prior frame where a window starting at ``token_offset`` begins (exact at speed 1)."""
+    return 2 * token_offset if speed == 1 else int(2 * token_offset / speed)
 
 
 def mean_reference(ge: np.ndarray) -> np.ndarray:
@@ -290,6 +296,44 @@ class SoVITSStage:
         out = self._runner(DECODER).run(feeds)
         wav, lengths = out["wav"], out["wav_lengths"]
         return [np.array(wav[i, : int(n)], dtype=np.float32) for i, n in enumerate(lengths)]
+
+    sample_rate = 32000
+    samples_per_token = 1280
+    """Two prior frames per 25 Hz token, 640 samples per frame at 32 kHz."""
+
+    def vocode(self, jobs: Sequence[VocodeJob]) -> list[np.ndarray]:
+        """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`).
+
+        Jobs are decoded as one batch when they share a voice, noise scale and speed, else one
+        by one; each job's prior noise comes from its :class:`NoiseSource` at its frames.
+        """
+        if not jobs:
+            return []
+        first = jobs[0]
+        same = all(
+            j.voice is first.voice and j.speed == first.speed and j.noise_scale == first.noise_scale
+            for j in jobs
+        )
+        if not same:
+            return [w for job in jobs for w in self.vocode([job])]
+        frames = frame_lengths([len(j.tokens) for j in jobs], [j.speed for j in jobs])
+        noise = [
+            j.noise.frames(self.noise_channels, start, start + int(n))
+            for j, n, start in zip(
+                jobs,
+                frames,
+                [_frame_offset(j.token_offset, j.speed) for j in jobs],
+                strict=True,
+            )
+        ]
+        return self.decode(
+            [j.tokens for j in jobs],
+            [j.phones for j in jobs],
+            first.voice.mean_ge,
+            noise_scale=first.noise_scale,
+            speed=first.speed,
+            noise=noise,
+        )
 
     def _batch_ge(self, ge: np.ndarray, b: int) -> np.ndarray:
         ge = np.asarray(ge, dtype=np.float32)
