@@ -135,6 +135,15 @@ class _TimedSession:
         self._clock.step(time.perf_counter() - t0, len(tokens), self._context)
         return out
 
+    def join(self, phones, phone_lens, bert, prompt, prompt_lens):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = self._inner.join(phones, phone_lens, bert, prompt, prompt_lens)
+        self._clock.add("gpt_prefill", time.perf_counter() - t0)
+        self._context = max(
+            self._context, phones.shape[1] + (0 if prompt is None else prompt.shape[1])
+        )
+        return out
+
     def keep(self, rows: Any) -> None:
         self._inner.keep(rows)
 
@@ -192,7 +201,7 @@ class RuntimeEngine:
                 for graph in ("hubert", "sv") if synth.is_pro else ("hubert",):
                     support.runner(graph)
         seconds = time.perf_counter() - t0
-        synth.t2s = _TimedDecoder(synth.t2s, self.clock)
+        synth.model.t2s = _TimedDecoder(synth.t2s, self.clock)
         if needs_bert or needs_reference:
             _time_support(synth.support, self.clock)
         synth.sovits.prompt_codes = self.clock.wrap(synth.sovits.prompt_codes, "ref_codes")

@@ -713,5 +713,79 @@ def bench_report_cmd(files: tuple[Path, ...], out: Path, charts: bool) -> None:
     report_cli(files, out, charts)
 
 
+@bench_cmd.command("serving")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Voice bundle to measure.")
+@click.option("--voice", help="Saved voice of --bundle.")
+@click.option(
+    "--random",
+    type=click.Choice(_VERSIONS),
+    help="Full-size random checkpoints of VERSION, exported and cached (as for gsv bench).",
+)
+@click.option("--backends", default="onnxruntime,openvino", show_default=True)
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--concurrency", default="1,2,4,8,16,32", show_default=True)
+@click.option("--modes", default="engine,sessions", show_default=True)
+@click.option("--tokens", type=int, default=50, show_default=True, help="Tokens per request.")
+@click.option("--gpt-threads", type=int, help="GPT stage threads (default: all cores).")
+@click.option("--acoustic-threads", type=int, help="Acoustic stage threads (default: all).")
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), default=Path("gsv-bench"), show_default=True
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Default ~/.cache/gsv-rt/bench.")
+@click.option("--charts/--no-charts", default=True, show_default=True)
+def bench_serving_cmd(
+    bundle: Path | None,
+    voice: str | None,
+    random: str | None,
+    backends: str,
+    precision: str,
+    concurrency: str,
+    modes: str,
+    tokens: int,
+    gpt_threads: int | None,
+    acoustic_threads: int | None,
+    out: Path,
+    cache_dir: Path | None,
+    charts: bool,
+) -> None:
+    """Throughput against concurrency: the engine's continuous batching vs N sessions."""
+    from gsv_bench.serving import run_serving, write_serving
+    from gsv_runtime.engine import StageThreads
+
+    if (bundle is None) == (random is None):
+        raise InputError("give --bundle DIR --voice NAME, or --random VERSION")
+    if random is not None:
+        from gsv_bench.assets import random_assets
+
+        assets = random_assets(random, cache_dir, precisions=(precision,), progress=click.echo)
+        voice_dir, voice_root, name = assets.voice_dir, assets.voice_root, assets.voice_name
+    else:
+        if voice is None:
+            raise InputError("--bundle needs --voice (a voice saved with gsv voice add)")
+        voice_dir = voice_root = str(bundle)
+        name = voice
+    try:
+        counts = [int(n) for n in concurrency.split(",")]
+    except ValueError:
+        raise InputError(f"--concurrency takes comma-separated integers: {concurrency}") from None
+    threads = StageThreads(gpt_threads, acoustic_threads, 1)
+    records = []
+    for backend in backends.split(","):
+        records += run_serving(
+            voice_dir,
+            voice_root,
+            name,
+            backend=backend.strip(),
+            precision=precision,
+            concurrency=counts,
+            modes=modes.split(","),
+            tokens=tokens,
+            threads=threads,
+            progress=click.echo,
+        )
+    write_serving(records, out, charts)
+    click.echo(f"wrote {out / 'serving.jsonl'}, serving.md" + (", serving.png" if charts else ""))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
