@@ -43,6 +43,8 @@ from gsv_runtime.voice import Voice
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+JOIN_WAIT = {"stateful": 0.25}
+"""Default ``admit_wait`` per KV design (seconds)."""
 MAX_ROWS_CAP = 32
 ROW_CONTEXT_TOKENS = 1000
 """Context a row is budgeted for when ``max_rows`` is derived from free memory."""
@@ -56,8 +58,12 @@ class EngineConfig:
     """Requests in the engine (waiting or running) before ``submit`` raises EngineBusyError."""
     max_rows: int | None = None
     """Live GPT rows per model; None: from free memory and the model's KV size, ≤ 32."""
-    admit_wait: float = 0.0
-    """Seconds an idle GPT thread waits for more requests before its first prefill."""
+    admit_wait: float | None = None
+    """Seconds newcomers may wait so that they join a running batch together: they join once
+    the first of them has waited this long, or as soon as they fill the free rows (an idle
+    batch admits at once). None: by KV design — 0 where a join copies only the new rows'
+    cache (``gqa``, ``canonical``), 0.25 s for OpenVINO's ``stateful`` cache, where every
+    join reads and rewrites the whole cache."""
     acoustic_batch: int = 1
     """Finished segments of one voice the acoustic stage decodes as one batch."""
 
@@ -65,7 +71,7 @@ class EngineConfig:
         checks = [
             ("max_queued", self.max_queued >= 1),
             ("max_rows", self.max_rows is None or self.max_rows >= 1),
-            ("admit_wait", 0.0 <= self.admit_wait <= 10.0),
+            ("admit_wait", self.admit_wait is None or 0.0 <= self.admit_wait <= 10.0),
             ("acoustic_batch", self.acoustic_batch >= 1),
         ]
         for name, ok in checks:
@@ -162,6 +168,9 @@ class _GptWorker:
         self.cond = threading.Condition()
         self.stopping = False
         self.batch = DecodeBatch(model.t2s.session())
+        wait = engine.config.admit_wait
+        self.admit_wait = wait if wait is not None else JOIN_WAIT.get(model.t2s.design, 0.0)
+        self._waiting_since: float | None = None
         self.thread = threading.Thread(target=self._run, name=f"gsv-gpt-{name}", daemon=True)
         self.thread.start()
 
@@ -186,8 +195,6 @@ class _GptWorker:
                     self.cond.wait()
                 if self.stopping:
                     break
-                if not self.batch.rows and self.engine.config.admit_wait:
-                    self.cond.wait(self.engine.config.admit_wait)
                 jobs = [j for j in self.jobs if not j.cancelled]
                 self.jobs = deque(jobs)
             try:
@@ -206,6 +213,9 @@ class _GptWorker:
         new: list[LiveRow] = []
         free = self.max_rows - len(self.batch)
         with self.cond:
+            if self.batch.rows and self.admit_wait > 0 and not self._gathered(free):
+                return new
+            self._waiting_since = None
             progress = True
             while free > 0 and progress:
                 progress = False
@@ -223,6 +233,19 @@ class _GptWorker:
                     free -= 1
                     progress = True
         return new
+
+    def _gathered(self, free: int) -> bool:
+        """Whether waiting rows should join now (see ``EngineConfig.admit_wait``)."""
+        waiting = sum(
+            min(j.config.batch_size - j.live, len(j.segments) - j.next_segment) for j in self.jobs
+        )
+        if waiting <= 0:
+            self._waiting_since = None
+            return False
+        now = time.perf_counter()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return waiting >= free or now - self._waiting_since >= self.admit_wait
 
     def _row(self, job: _Job, index: int) -> LiveRow:
         config = job.config

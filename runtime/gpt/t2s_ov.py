@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gsv_runtime.backends import RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import BackendError, first_line
+from gsv_runtime.errors import BackendError, InputError, first_line
 from gsv_runtime.gpt.t2s import (
     DECODER,
     OV_PRECISION,
@@ -33,7 +34,6 @@ from gsv_runtime.gpt.t2s import (
     as_rows,
     as_tokens,
     graph_file,
-    widen_cache,
 )
 
 FUSED_LAYER: tuple[str, ...] = ("ScaledDotProductAttention", "ScaledAttnWithKVCache")
@@ -103,39 +103,57 @@ def compile_decoder(
     return compiled
 
 
-class StatefulSession(RowTracking):
-    """One infer request of the stateful decoder: its state is this batch's KV cache.
+@dataclass(eq=False)
+class _Cohort:
+    """Rows that were prefilled together: one infer request, whose state is their KV cache."""
 
-    Joining rows prefill on a second infer request of the same compiled model; their states are
-    then merged with the running rows' (read, widened, concatenated, written back): a copy of
-    the cache per join, the price of keeping the fused in-plugin cache for every step.
+    request: Any
+    rows: RowState
+    beam: np.ndarray | None = None
+    """Rows to gather from the state at the next infer (set by keep)."""
+
+
+class StatefulSession(RowTracking):
+    """Infer requests of the stateful decoder, one per cohort of rows that joined together.
+
+    The CPU plugin keeps each cohort's KV cache in its own layout; reading or writing it from
+    the host (get_state/set_state) costs about 0.5 s per 100 MB here, far more than a prefill,
+    so rows that join a running batch start a new cohort instead of being merged into the
+    cache. A step embeds every row's token at once and runs each cohort's request in turn (the
+    weights stream once per cohort); the engine's ``admit_wait`` gathers newcomers so cohorts
+    stay few, and a cohort's request is reused once all its rows have left.
     """
 
     design = "stateful"
 
     def __init__(self, compiled: Any, prefix_embed: Any, token_embed: Any) -> None:
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
-        self._scratch: Any = None
+        self._idle: list[Any] = []
         self._logits = compiled.output("logits")
         self._prefix_embed = prefix_embed
         self._token_embed = token_embed
-        self._rows: RowState | None = None
-        self._beam: np.ndarray | None = None
+        self._cohorts: list[_Cohort] = []
 
-    def _infer(self, request: Any, embeds: np.ndarray, mask: np.ndarray, last: np.ndarray) -> Any:
-        b = embeds.shape[0]
-        beam = self._beam if self._beam is not None else np.arange(b, dtype=np.int32)
-        self._beam = None
-        result = request.infer({"embeds": embeds, "mask": mask, "last": last, "beam_idx": beam})
+    @property
+    def batch(self) -> int:
+        return sum(c.rows.batch for c in self._cohorts)
+
+    def _state(self) -> RowState:
+        if not self._cohorts:
+            raise InputError("call prefill() before step() or keep()")
+        return self._cohorts[0].rows
+
+    def _infer(self, cohort: _Cohort, embeds: np.ndarray, mask: np.ndarray, last: Any) -> Any:
+        beam = cohort.beam if cohort.beam is not None else np.arange(len(embeds), dtype=np.int32)
+        cohort.beam = None
+        result = cohort.request.infer(
+            {"embeds": embeds, "mask": mask, "last": last, "beam_idx": beam}
+        )
         return np.array(result[self._logits])
 
-    def _prefill_on(self, request: Any, *args: np.ndarray | None) -> tuple[np.ndarray, RowState]:
-        batch = PrefixBatch.build(*args)  # type: ignore[arg-type]
-        prefix = self._prefix_embed.run(batch.feed())
-        rows = RowState(batch)
-        request.reset_state()
-        return self._infer(request, prefix["embeds"], prefix["mask"], rows.lens - 1), rows
+    def _release(self, cohort: _Cohort) -> None:
+        cohort.request.reset_state()
+        self._idle.append(cohort.request)
 
     def prefill(
         self,
@@ -145,11 +163,10 @@ class StatefulSession(RowTracking):
         prompt: np.ndarray | None = None,
         prompt_lens: np.ndarray | None = None,
     ) -> np.ndarray:
-        self._beam = None
-        logits, self._rows = self._prefill_on(
-            self._request, phones, phone_lens, bert, prompt, prompt_lens
-        )
-        return logits
+        for cohort in self._cohorts:
+            self._release(cohort)
+        self._cohorts = []
+        return self.join(phones, phone_lens, bert, prompt, prompt_lens)
 
     def join(
         self,
@@ -159,50 +176,56 @@ class StatefulSession(RowTracking):
         prompt: np.ndarray | None = None,
         prompt_lens: np.ndarray | None = None,
     ) -> np.ndarray:
-        if self._rows is None:
-            return self.prefill(phones, phone_lens, bert, prompt, prompt_lens)
-        import openvino as ov
-
-        pending = self._beam
-        self._beam = None
-        if self._scratch is None:
-            self._scratch = self._compiled.create_infer_request()
-        logits, rows = self._prefill_on(
-            self._scratch, phones, phone_lens, bert, prompt, prompt_lens
-        )
-        width = max(self._rows.width, rows.width)
-        added = {s.name: s.state.data for s in self._scratch.query_state()}
-        for state in self._request.query_state():
-            old = state.state.data
-            old = old[pending] if pending is not None else old
-            merged = np.concatenate(
-                [widen_cache(old, width), widen_cache(added[state.name], width)]
-            )
-            state.state = ov.Tensor(np.ascontiguousarray(merged))
-        self._rows.extend(rows)
+        batch = PrefixBatch.build(phones, phone_lens, bert, prompt, prompt_lens)
+        prefix = self._prefix_embed.run(batch.feed())
+        request = self._idle.pop() if self._idle else self._compiled.create_infer_request()
+        request.reset_state()
+        cohort = _Cohort(request, RowState(batch))
+        logits = self._infer(cohort, prefix["embeds"], prefix["mask"], cohort.rows.lens - 1)
+        self._cohorts.append(cohort)
         return logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        rows = self._state()
-        feed = {"tokens": as_tokens(tokens, rows.batch), "positions": rows.positions()}
-        embeds = self._token_embed.run(feed)["embeds"]
-        logits = self._infer(
-            self._request, embeds, rows.append_mask(), np.zeros(rows.batch, np.int64)
-        )
-        rows.appended()
-        return logits
+        self._state()
+        tok = as_tokens(tokens, self.batch)
+        positions = np.concatenate([c.rows.positions() for c in self._cohorts])
+        embeds = self._token_embed.run({"tokens": tok, "positions": positions})["embeds"]
+        out, start = [], 0
+        for cohort in self._cohorts:
+            rows = cohort.rows
+            part = embeds[start : start + rows.batch]
+            start += rows.batch
+            out.append(
+                self._infer(cohort, part, rows.append_mask(), np.zeros(rows.batch, np.int64))
+            )
+            rows.appended()
+        return np.concatenate(out)
 
     def keep(self, rows: Sequence[int] | np.ndarray) -> None:
-        state = self._state()
-        idx = as_rows(rows, state.batch)
-        if idx.size == 0:
-            self._rows, self._beam = None, None
-            self._request.reset_state()
-            return
-        state.keep(idx)
-        # the next infer gathers the state rows; a second keep before it composes the two
-        previous = self._beam if self._beam is not None else None
-        self._beam = (previous[idx] if previous is not None else idx).astype(np.int32)
+        """Keep ``rows``; rows of different cohorts must stay in join order (within a cohort
+        any order).
+
+        Raises:
+            InputError: bad indices, or rows of a later join placed before an earlier one.
+        """
+        self._state()
+        idx = as_rows(rows, self.batch)
+        bounds = np.cumsum([0] + [c.rows.batch for c in self._cohorts])
+        owner = np.searchsorted(bounds, idx, side="right") - 1
+        if np.any(np.diff(owner) < 0):
+            raise InputError("a stateful session keeps rows of different joins in join order")
+        kept = []
+        for k, cohort in enumerate(self._cohorts):
+            local = (idx[owner == k] - bounds[k]).astype(np.int64)
+            if local.size == 0:
+                self._release(cohort)
+                continue
+            cohort.rows.keep(local)
+            # the next infer gathers the state rows; a second keep before it composes the two
+            previous = cohort.beam
+            cohort.beam = (previous[local] if previous is not None else local).astype(np.int32)
+            kept.append(cohort)
+        self._cohorts = kept
 
 
 def load_stateful(
