@@ -87,10 +87,20 @@ def _config(tokens: int, seed: int) -> SynthesisConfig:
     )
 
 
-def _engine_point(engine: Engine, voice: Voice, n: int, tokens: int) -> dict[str, Any]:
+def _engine_point(
+    engine: Engine, voice: Voice, n: int, tokens: int, stream: str = "segment"
+) -> dict[str, Any]:
     start = time.perf_counter()
     handles = [
-        engine.submit(SynthesisRequest(SENTENCE, "en", voice, config=_config(tokens, i)))
+        engine.submit(
+            SynthesisRequest(
+                SENTENCE,
+                "en",
+                voice,
+                config=_config(tokens, i),
+                stream=stream,  # type: ignore[arg-type]
+            )
+        )
         for i in range(n)
     ]
     results = [h.result() for h in handles]
@@ -153,16 +163,23 @@ def run_serving(
     tokens: int = 50,
     threads: StageThreads | None = None,
     support: str | None = None,
+    stream: str = "segment",
+    acoustic_batch: int = 1,
     progress: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Measure every (mode, N) point on one backend and precision; one record per point."""
+    """Measure every (mode, N) point on one backend and precision; one record per point.
+
+    ``stream`` and ``acoustic_batch`` apply to the engine: token streaming (TTFA) and finished
+    segments decoded per acoustic batch.
+    """
     bundle = Bundle.load(voice_dir)
     runtime = RuntimeConfig(backend=backend, precision=precision)
     model = VoiceModel(bundle, runtime, support, threads=threads)
     busy = _Busy()
     _instrument(model, busy)
     voice = Voice.load(voice_root, voice_name)
-    engine = Engine({"bench": model}, EngineConfig(max_queued=4096, max_rows=max(concurrency)))
+    config = EngineConfig(max_queued=4096, max_rows=max(concurrency), acoustic_batch=acoustic_batch)
+    engine = Engine({"bench": model}, config)
     records = []
     try:
         _engine_point(engine, voice, 1, tokens)  # warm-up: allocations, caches
@@ -172,7 +189,7 @@ def run_serving(
             for n in concurrency:
                 busy.take()
                 point = (
-                    _engine_point(engine, voice, n, tokens)
+                    _engine_point(engine, voice, n, tokens, stream)
                     if mode == "engine"
                     else _sessions_point(model, voice, n, tokens)
                 )
@@ -184,6 +201,8 @@ def run_serving(
                     "precision": precision,
                     "threads": {"gpt": model.threads.gpt, "acoustic": model.threads.acoustic},
                     "concurrency": n,
+                    "stream": stream if mode == "engine" else "segment",
+                    "acoustic_batch": acoustic_batch if mode == "engine" else 1,
                     "tokens_per_request": tokens,
                     "wall_s": point["wall_s"],
                     "gpt_tokens_per_s": point["tokens"] / point["wall_s"],
@@ -212,17 +231,22 @@ def serving_table(records: Sequence[dict[str, Any]]) -> str:
         "| TTFA p50 | TTFA p95 | GPT busy | acoustic busy | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base: dict[tuple[str, str, str], dict[str, Any]] = {}
+    base: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
-        key = (r["mode"], r["backend"], r["precision"])
+        key = (r["mode"], r["backend"], r["precision"], r.get("stream"), r.get("acoustic_batch"))
         if r["concurrency"] == 1:
             base[key] = r
         b = base.get(key)
         tok_x = r["gpt_tokens_per_s"] / b["gpt_tokens_per_s"] if b else float("nan")
         aud_x = r["audio_s_per_s"] / b["audio_s_per_s"] if b else float("nan")
         busy = r["busy_s"]
+        mode = r["mode"]
+        if r.get("stream") == "token":
+            mode += ", token stream"
+        if r.get("acoustic_batch", 1) > 1:
+            mode += f", acoustic batch {r['acoustic_batch']}"
         lines.append(
-            f"| {r['mode']} | {r['backend']} | {r['precision']} | {r['concurrency']} "
+            f"| {mode} | {r['backend']} | {r['precision']} | {r['concurrency']} "
             f"| {r['gpt_tokens_per_s']:.0f} | {tok_x:.2f} | {r['audio_s_per_s']:.2f} | {aud_x:.2f} "
             f"| {r['ttfa_p50_s']:.2f} s | {r['ttfa_p95_s']:.2f} s | {busy.get('gpt', 0):.1f} s "
             f"| {busy.get('acoustic', 0):.1f} s | {r['wall_s']:.1f} s |"
@@ -238,7 +262,9 @@ def serving_chart(records: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     series: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        series.setdefault(f"{r['mode']} {r['backend']} {r['precision']}", []).append(r)
+        extra = " token" if r.get("stream") == "token" else ""
+        label = f"{r['mode']}{extra} {r['backend']} {r['precision']}"
+        series.setdefault(label, []).append(r)
     for label, rows in series.items():
         rows = sorted(rows, key=lambda r: r["concurrency"])
         n = [r["concurrency"] for r in rows]

@@ -726,6 +726,8 @@ def bench_report_cmd(files: tuple[Path, ...], out: Path, charts: bool) -> None:
 @click.option("--concurrency", default="1,2,4,8,16,32", show_default=True)
 @click.option("--modes", default="engine,sessions", show_default=True)
 @click.option("--tokens", type=int, default=50, show_default=True, help="Tokens per request.")
+@click.option("--stream", type=click.Choice(["segment", "token"]), default="segment")
+@click.option("--acoustic-batch", type=int, default=1, show_default=True)
 @click.option("--gpt-threads", type=int, help="GPT stage threads (default: all cores).")
 @click.option("--acoustic-threads", type=int, help="Acoustic stage threads (default: all).")
 @click.option(
@@ -742,6 +744,8 @@ def bench_serving_cmd(
     concurrency: str,
     modes: str,
     tokens: int,
+    stream: str,
+    acoustic_batch: int,
     gpt_threads: int | None,
     acoustic_threads: int | None,
     out: Path,
@@ -781,6 +785,8 @@ def bench_serving_cmd(
             modes=modes.split(","),
             tokens=tokens,
             threads=threads,
+            stream=stream,
+            acoustic_batch=acoustic_batch,
             progress=click.echo,
         )
     write_serving(records, out, charts)

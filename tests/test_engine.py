@@ -293,3 +293,26 @@ def test_cli_per_line_writes_one_file_per_line(tiny_bundle, ref_wav: Path, tmp_p
     )
     assert result.exit_code == 1
     assert "line 2" in result.output and not (tmp_path / "b").exists()
+
+
+def test_models_switch_while_requests_run(tiny_bundle, voices) -> None:
+    """Replacing or removing a model leaves requests in flight on the model they started
+    with; later requests see the change."""
+    s = Synthesizer.load(tiny_bundle("v2"), backend="onnxruntime")
+    try:
+        engine = s.engine
+        reference = s.synthesize(TEXTS[3], "zh", voices[0], seed=0, fixed_length=200)
+        running = s.submit(TEXTS[3], "zh", voices[0], seed=0, fixed_length=200)
+        assert _eventually(lambda: engine.stats()["live_rows"] >= 1)
+        other = Synthesizer.load(tiny_bundle("v2Pro"), backend="onnxruntime").model
+        engine.add_model("default", other)
+        np.testing.assert_array_equal(running.result(60).samples, reference.samples)
+        engine.add_model("spare", s.model)
+        pending = engine.submit(SynthesisRequest("你好。", "zh", voices[0], model="spare"))
+        engine.remove_model("spare")
+        assert pending.result(60).seconds > 0
+        with pytest.raises(InputError, match="unknown model 'spare'"):
+            engine.submit(SynthesisRequest("你好。", "zh", voices[0], model="spare"))
+        assert _eventually(lambda: engine.stats()["in_flight"] == 0)
+    finally:
+        s.close()

@@ -167,6 +167,8 @@ class _GptWorker:
         self.jobs: deque[_Job] = deque()
         self.cond = threading.Condition()
         self.stopping = False
+        self.draining = False
+        self.pending = 0
         self.batch = DecodeBatch(model.t2s.session())
         wait = engine.config.admit_wait
         self.admit_wait = wait if wait is not None else JOIN_WAIT.get(model.t2s.design, 0.0)
@@ -180,20 +182,44 @@ class _GptWorker:
 
     def enqueue(self, job: _Job) -> None:
         with self.cond:
-            self.jobs.append(job)
+            if not self.stopping:
+                self.jobs.append(job)
+                self.cond.notify()
+                return
+        job.handle._fail(RequestCancelledError("the model was unloaded"))
+
+    def acquire(self) -> None:
+        """A request for this model was submitted (its frontend may still be running)."""
+        with self.cond:
+            self.pending += 1
+
+    def release(self, _handle: RequestHandle | None = None) -> None:
+        with self.cond:
+            self.pending -= 1
             self.cond.notify()
 
-    def stop(self) -> None:
+    def stop(self, drain: bool = False) -> None:
+        """End the thread: at once (rows and queued requests fail), or once every request
+        submitted for this model has finished (``drain``)."""
         with self.cond:
-            self.stopping = True
+            if drain:
+                self.draining = True
+            else:
+                self.stopping = True
             self.cond.notify()
+
+    def _idle(self) -> bool:
+        return not self.jobs and not self.batch.rows
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self.stopping and not self.jobs and not self.batch.rows:
+                while (
+                    not self.stopping and self._idle() and not (self.draining and self.pending <= 0)
+                ):
                     self.cond.wait()
-                if self.stopping:
+                if self.stopping or (self.draining and self.pending <= 0 and self._idle()):
+                    self.stopping = True
                     break
                 jobs = [j for j in self.jobs if not j.cancelled]
                 self.jobs = deque(jobs)
@@ -205,8 +231,13 @@ class _GptWorker:
                 for live in self.batch.remove(lambda _: True):
                     live.tag.job.handle._fail(error)
                 self.batch = DecodeBatch(self.model.t2s.session())
+        gone = RequestCancelledError("the engine is shutting down")
         for live in self.batch.remove(lambda _: True):
-            live.tag.job.handle._fail(RequestCancelledError("the engine is shutting down"))
+            live.tag.job.handle._fail(gone)
+        with self.cond:
+            jobs, self.jobs = list(self.jobs), deque()
+        for job in jobs:
+            job.handle._fail(gone)
 
     def _admit(self) -> list[LiveRow]:
         """Rows to join now: round-robin over waiting requests, each within its batch_size."""
@@ -317,18 +348,24 @@ class Engine:
     # ------------------------------------------------------------------ models
 
     def add_model(self, name: str, model: VoiceModel) -> None:
-        """Register (or replace) a model; requests in flight keep the one they started with."""
+        """Register (or replace) a model; requests in flight keep the one they started with
+        (a replaced model's GPT thread ends once they are done)."""
         with self._lock:
+            old = self._models.get(name)
             self._models[name] = model
+            still_used = any(m is old for m in self._models.values())
+            worker = self._workers.pop(id(old), None) if old and not still_used else None
+        if worker is not None:
+            worker.stop(drain=True)
 
     def remove_model(self, name: str) -> None:
-        """Forget a model; its GPT thread ends once its requests are done (new ones get an
-        InputError naming it)."""
+        """Forget a model: new requests naming it get an InputError; its GPT thread finishes
+        the requests already submitted, then ends (this call does not wait for them)."""
         with self._lock:
             model = self._models.pop(name, None)
             worker = self._workers.pop(id(model), None) if model is not None else None
         if worker is not None:
-            self._retire(worker)
+            worker.stop(drain=True)
 
     @property
     def models(self) -> dict[str, VoiceModel]:
@@ -372,9 +409,15 @@ class Engine:
                     f"(max_queued {self.config.max_queued}); retry later"
                 )
             handle = RequestHandle(request, next(self._ids))
-            handle._on_done = self._finished
-            self._in_flight.add(handle)
             worker = self._worker(model)
+            worker.acquire()
+
+            def done(h: RequestHandle, worker: _GptWorker = worker) -> None:
+                self._finished(h)
+                worker.release()
+
+            handle._on_done = done
+            self._in_flight.add(handle)
             self._start_acoustic()
         self._frontend.submit(self._prepare, handle, model, worker)
         return handle
