@@ -298,9 +298,12 @@ class _GptWorker:
         if new:
             try:
                 self.batch.add(new)
-            except GsvError as exc:  # e.g. a prefix beyond the position table
+            except Exception as exc:  # e.g. a prefix beyond the position table
+                error = exc if isinstance(exc, GsvError) else GsvError(f"GPT prefill: {exc}")
                 for live in new:
-                    live.tag.job.handle._fail(exc)
+                    live.tag.job.handle._fail(error)
+                if not isinstance(exc, GsvError):
+                    raise  # the session may be damaged: _run fails its rows and starts anew
         if not self.batch.rows:
             return
         for live in self.batch.advance(self._on_token):
