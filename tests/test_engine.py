@@ -316,3 +316,33 @@ def test_models_switch_while_requests_run(tiny_bundle, voices) -> None:
         assert _eventually(lambda: engine.stats()["in_flight"] == 0)
     finally:
         s.close()
+
+
+def test_backend_fault_fails_its_requests_and_engine_goes_on(tiny_bundle, voices) -> None:
+    from dataclasses import replace
+
+    s = Synthesizer.load(tiny_bundle("v2"), backend="onnxruntime")
+    try:
+        real = s.model.t2s
+        faults = {"left": 1}
+
+        def session():  # type: ignore[no-untyped-def]
+            inner = real.session()
+            step = inner.step
+
+            def flaky(tokens):  # type: ignore[no-untyped-def]
+                if faults["left"] and inner.batch:
+                    faults["left"] -= 1
+                    raise RuntimeError("device lost")
+                return step(tokens)
+
+            inner.step = flaky
+            return inner
+
+        s.model.t2s = replace(real, factory=session)
+        with pytest.raises(GsvError, match="device lost"):
+            s.synthesize(TEXTS[0], "zh", voices[0], seed=0)
+        assert s.synthesize(TEXTS[0], "zh", voices[0], seed=0).seconds > 0
+        assert _eventually(lambda: s.engine.stats()["in_flight"] == 0)
+    finally:
+        s.close()
