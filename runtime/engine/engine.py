@@ -59,11 +59,11 @@ class EngineConfig:
     max_rows: int | None = None
     """Live GPT rows per model; None: from free memory and the model's KV size, ≤ 32."""
     admit_wait: float | None = None
-    """Seconds newcomers may wait so that they join a running batch together: they join once
-    the first of them has waited this long, or as soon as they fill the free rows (an idle
-    batch admits at once). None: by KV design — 0 where a join copies only the new rows'
-    cache (``gqa``, ``canonical``), 0.25 s for OpenVINO's ``stateful`` cache, where every
-    join reads and rewrites the whole cache."""
+    """Seconds newcomers may wait so that they join the batch together: they join once the
+    first of them has waited this long, once no other request for the model is still in the
+    frontend, or as soon as they fill the free rows. None: by KV design — 0 where a join
+    copies only the new rows' cache (``gqa``, ``canonical``), 0.25 s for OpenVINO's
+    ``stateful`` design, where each join starts a cohort that steps on its own."""
     acoustic_batch: int = 1
     """Finished segments of one voice the acoustic stage decodes as one batch."""
 
@@ -169,6 +169,9 @@ class _GptWorker:
         self.stopping = False
         self.draining = False
         self.pending = 0
+        """Requests submitted for this model and not finished."""
+        self.backlog = 0
+        """Requests submitted for this model still in the frontend."""
         self.batch = DecodeBatch(model.t2s.session())
         wait = engine.config.admit_wait
         self.admit_wait = wait if wait is not None else JOIN_WAIT.get(model.t2s.design, 0.0)
@@ -192,6 +195,13 @@ class _GptWorker:
         """A request for this model was submitted (its frontend may still be running)."""
         with self.cond:
             self.pending += 1
+            self.backlog += 1
+
+    def prepared(self) -> None:
+        """A request left the frontend (enqueued or failed)."""
+        with self.cond:
+            self.backlog -= 1
+            self.cond.notify()
 
     def release(self, _handle: RequestHandle | None = None) -> None:
         with self.cond:
@@ -225,6 +235,9 @@ class _GptWorker:
                 self.jobs = deque(jobs)
             try:
                 self._iterate()
+                if not self.batch.rows:  # newcomers are gathering (admit_wait): doze
+                    with self.cond:
+                        self.cond.wait(0.01)
             except Exception as exc:  # a backend failure: fail the rows' requests, go on
                 _LOGGER.exception("GPT step failed")
                 error = exc if isinstance(exc, GsvError) else GsvError(f"GPT stage failed: {exc}")
@@ -244,7 +257,7 @@ class _GptWorker:
         new: list[LiveRow] = []
         free = self.max_rows - len(self.batch)
         with self.cond:
-            if self.batch.rows and self.admit_wait > 0 and not self._gathered(free):
+            if self.admit_wait > 0 and not self._gathered(free):
                 return new
             self._waiting_since = None
             progress = True
@@ -276,7 +289,8 @@ class _GptWorker:
         now = time.perf_counter()
         if self._waiting_since is None:
             self._waiting_since = now
-        return waiting >= free or now - self._waiting_since >= self.admit_wait
+        waited = now - self._waiting_since
+        return waiting >= free or self.backlog <= 0 or waited >= self.admit_wait
 
     def _row(self, job: _Job, index: int) -> LiveRow:
         config = job.config
@@ -561,9 +575,11 @@ class Engine:
             )
         except Exception as exc:
             handle._fail(exc if isinstance(exc, GsvError) else GsvError(f"frontend: {exc}"))
+            worker.prepared()
             return
         if segments:
             worker.enqueue(job)
+        worker.prepared()
 
     def _vocode(self, job: _Job, index: int, tokens: np.ndarray, final: bool) -> None:
         """GPT thread: queue audio work for a finished segment or a due streaming window."""
