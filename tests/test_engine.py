@@ -171,8 +171,8 @@ def test_queue_bound_raises_busy_and_recovers(tiny_bundle, voices) -> None:
         tiny_bundle("v2"), backend="onnxruntime", engine=EngineConfig(max_queued=2)
     )
     try:
-        slow = {"fixed_length": 600, "seed": 0}
-        first = [s.submit(TEXTS[0], "zh", voices[0], **slow) for _ in range(2)]
+        slow = {"fixed_length": 1500, "seed": 0}
+        first = [s.submit(TEXTS[3] * 30, "zh", voices[0], **slow) for _ in range(2)]
         with pytest.raises(EngineBusyError, match="max_queued 2"):
             s.submit(TEXTS[0], "zh", voices[0], seed=0)
         for h in first:
@@ -193,7 +193,7 @@ def _eventually(check, seconds: float = 30.0) -> bool:
 
 
 def test_cancel_frees_rows_and_others_finish(synth: Synthesizer, voices) -> None:
-    long = synth.submit(TEXTS[3], "zh", voices[0], seed=0, fixed_length=1500)
+    long = synth.submit(TEXTS[3] * 30, "zh", voices[0], seed=0, fixed_length=1500)
     short = synth.submit(TEXTS[0], "zh", voices[1], seed=1)
     assert _eventually(lambda: synth.engine.stats()["live_rows"] >= 1)
     long.cancel()
@@ -205,7 +205,8 @@ def test_cancel_frees_rows_and_others_finish(synth: Synthesizer, voices) -> None
 
 
 def test_timeout_fails_the_request(synth: Synthesizer, voices) -> None:
-    handle = synth.submit(TEXTS[3], "zh", voices[0], seed=0, fixed_length=1500, timeout=0.3)
+    long_text = TEXTS[3] * 30  # 30 segments of 1500 tokens, one after another: seconds
+    handle = synth.submit(long_text, "zh", voices[0], seed=0, fixed_length=1500, timeout=0.3)
     with pytest.raises(RequestTimeoutError, match="timed out"):
         handle.result(60)
     assert _eventually(lambda: synth.engine.stats()["live_rows"] == 0)
