@@ -27,13 +27,22 @@ REF_MAX_SECONDS: Final = 10.0
 """Upstream refuses references outside 3–10 s, judged on the 16 kHz signal (48,000–160,000)."""
 SILENCE_PEAK: Final = 1e-4
 """A reference whose peak stays below this (−80 dBFS) is treated as silent."""
+MAX_AUDIO_SECONDS: Final = 60.0
+"""Longest clip read at all (checked from the header, before decoding)."""
+MAX_CHANNELS: Final = 8
+MAX_SAMPLE_RATE: Final = 384_000
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> tuple[np.ndarray, int]:
     """Samples ``[frames, channels]`` float32 and the sample rate of any libsndfile file.
 
+    Duration, channels and rate are checked from the header before anything is decoded, and
+    decoding stops at ``max_seconds`` (a header may lie), so a small file cannot make a large
+    allocation.
+
     Raises:
-        InputError: missing, unreadable or empty file.
+        InputError: missing, unreadable, empty, too long, too many channels, an absurd rate, or
+            non-finite samples.
     """
     import soundfile as sf
 
@@ -41,12 +50,30 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise InputError(f"{path}: no such audio file")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            if not 0 < sr <= MAX_SAMPLE_RATE or not 0 < channels <= MAX_CHANNELS:
+                raise InputError(
+                    f"{path}: {channels} channels at {sr} Hz is outside what a reference can be "
+                    f"(≤ {MAX_CHANNELS} channels, ≤ {MAX_SAMPLE_RATE} Hz)"
+                )
+            limit = int(max_seconds * sr)
+            if frames > limit:
+                raise InputError(
+                    f"{path}: {frames / sr:.1f} s of audio; at most {max_seconds:g} s is read"
+                )
+            data = f.read(limit + 1, dtype="float32", always_2d=True)
+    except InputError:
+        raise
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError
         raise InputError(f"{path}: cannot read audio ({first_line(exc)})") from None
     if data.size == 0:
         raise InputError(f"{path}: the audio file holds no samples")
-    return data, int(sr)
+    if len(data) > limit:
+        raise InputError(f"{path}: more than {max_seconds:g} s of audio")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: the audio holds NaN or infinite samples")
+    return data, sr
 
 
 def resample_hq(wav: np.ndarray, sr: int, target: int) -> np.ndarray:

@@ -13,6 +13,7 @@ the parity oracle. The order is part of the behaviour:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,8 +40,15 @@ class SamplingParams:
     """Earlier tokens' logits: negative ones multiplied, positive ones divided by this."""
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range."""
-        if self.top_k is not None and self.top_k < 1:
+        """Raise ValueError naming the first field that is out of range (NaN and infinities
+        are out of every range)."""
+        for name in ("top_p", "temperature", "repetition_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, but got {value!r}")
+        if self.top_k is not None and (
+            not isinstance(self.top_k, (int, np.integer)) or self.top_k < 1
+        ):
             raise ValueError(f"top_k must be None or >= 1, but got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], but got {self.top_p}")
