@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -18,6 +20,8 @@ from gsv_runtime.errors import BundleError
 FORMAT: Final = "gsv-bundle"
 FORMAT_VERSION: Final = 1
 MANIFEST_NAME: Final = "bundle.json"
+MAX_MANIFEST_BYTES: Final = 16 << 20
+"""A manifest larger than this is refused unread."""
 
 Kind = Literal["voice", "support"]
 GraphFormat = Literal["onnx", "openvino"]
@@ -123,7 +127,7 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade gsv-rt"
             )
         try:
-            return cls(
+            manifest = cls(
                 kind=d["kind"],
                 created_by=dict(d.get("created_by", {})),
                 graphs={k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()},
@@ -138,8 +142,45 @@ class Manifest:
                 parity=dict(d.get("parity", {})),
                 format_version=version,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"{where}: malformed manifest ({exc!r})") from None
+        manifest.check_values(where)
+        return manifest
+
+    def check_values(self, where: str = MANIFEST_NAME) -> None:
+        """Numeric fields within sane ranges, before anything is sized from them.
+
+        Raises:
+            BundleError: naming the field and its value.
+        """
+        checks: list[tuple[str, Any, float, float]] = [
+            ("audio.sample_rate", self.audio.get("sample_rate", 32000), 8000, 192000),
+            ("text.bert_dim", self.text.get("bert_dim", 1024), 1, 8192),
+            ("t2s.max_tokens", self.t2s.get("max_tokens", 1500), 1, 100000),
+            ("sampling.top_k", self.sampling.get("top_k", 15), 1, 1 << 20),
+            ("sampling.top_p", self.sampling.get("top_p", 1.0), 1e-9, 1.0),
+            ("sampling.temperature", self.sampling.get("temperature", 1.0), 0.0, 100.0),
+            (
+                "sampling.repetition_penalty",
+                self.sampling.get("repetition_penalty", 1.35),
+                1e-6,
+                100.0,
+            ),
+            ("sampling.noise_scale", self.sampling.get("noise_scale", 0.5), 0.0, 10.0),
+        ]
+        for name, value, lo, hi in checks:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is None and name == "sampling.top_k":
+                continue
+            if not number or not math.isfinite(value) or not lo <= value <= hi:
+                raise BundleError(
+                    f"{where}: {name} must be a number in [{lo:g}, {hi:g}], got {value!r}"
+                )
+        for name, spec in self.graphs.items():
+            for port in (*spec.inputs.values(), *spec.outputs.values()):
+                for dim in port.shape:
+                    if not (isinstance(dim, str) or (isinstance(dim, int) and 0 <= dim < 1 << 20)):
+                        raise BundleError(f"{where}: graph {name} declares a bad dimension {dim!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, ``format`` first."""
@@ -172,26 +213,67 @@ def read_manifest(root: str | Path) -> Manifest:
         raise BundleError(f"{root}: no such bundle directory")
     if not path.is_file():
         raise BundleError(f"{root}: not a gsv bundle (no {MANIFEST_NAME})")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: manifest nested too deeply") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: manifest is not a JSON object")
     return Manifest.from_dict(data, str(path))
 
 
-def check_files(root: str | Path, manifest: Manifest, verify_hashes: bool = False) -> None:
-    """Check every listed file exists with its size (fast) and, optionally, its sha256.
+def inside(root: str | Path, rel: Any, what: str = "file", *, parent_ok: bool = False) -> Path:
+    """The one confinement rule for paths read from a manifest: ``rel`` is a relative path
+    without ``..`` that resolves (symlinks followed) inside ``root`` — or, with ``parent_ok``,
+    inside ``root``'s parent folder, where a voice finds its sibling support bundle — and is a
+    regular file (``what="file"``) or a directory (``what="dir"``); never a FIFO or a device.
 
     Raises:
-        BundleError: naming the first missing or altered file.
+        BundleError: naming the path and the rule it breaks.
     """
     root = Path(root)
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise BundleError(f"{root}: bad {what} path {rel!r} in the manifest")
+    candidate = Path(rel)
+    parts = candidate.parts
+    if candidate.is_absolute() or (".." in parts and not parent_ok) or parts.count("..") > 1:
+        raise BundleError(f"{root}: {what} path {rel!r} must stay inside the bundle")
+    base = (root.parent if parent_ok else root).resolve()
+    try:
+        resolved = (root / candidate).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise BundleError(f"{root}: missing {what} {rel}") from None
+    if not resolved.is_relative_to(base):
+        raise BundleError(f"{root}: {what} path {rel!r} leads outside the bundle")
+    mode = resolved.stat().st_mode
+    if (what == "dir" and not stat.S_ISDIR(mode)) or (what != "dir" and not stat.S_ISREG(mode)):
+        raise BundleError(f"{root}: {rel} is not a regular {what}")
+    return resolved
+
+
+def check_files(root: str | Path, manifest: Manifest, verify_hashes: bool = False) -> None:
+    """Check every listed file (confined, regular) exists with its size (fast) and,
+    optionally, its sha256; every graph file must be listed.
+
+    Raises:
+        BundleError: naming the first missing, altered, unlisted or escaping file.
+    """
+    root = Path(root)
+    for name, spec in manifest.graphs.items():
+        for variant in spec.variants:
+            if variant.path not in manifest.files:
+                raise BundleError(
+                    f"{root}: graph {name} file {variant.path!r} is not covered by the "
+                    "manifest's hashes"
+                )
     for rel, entry in manifest.files.items():
-        path = root / rel
-        if not path.is_file():
-            raise BundleError(f"{root}: missing file {rel}")
+        path = inside(root, rel)
+        if not isinstance(entry.size_bytes, int):
+            raise BundleError(f"{root}: bad size for {rel} in the manifest")
         if path.stat().st_size != entry.size_bytes:
             raise BundleError(f"{root}: {rel} was altered (size differs from the manifest)")
         if verify_hashes and sha256_file(path) != entry.sha256:
@@ -245,4 +327,4 @@ class Bundle:
             raise BundleError(
                 f"{self.root}: graph {name!r} has no {backend} {precision} variant (has: {held})"
             )
-        return self.root / variant.path
+        return inside(self.root, variant.path)

@@ -24,7 +24,7 @@ import numpy as np
 
 from gsv_runtime.audio_features import sv_fbank
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
-from gsv_runtime.bundle import Bundle
+from gsv_runtime.bundle import Bundle, inside
 from gsv_runtime.errors import BundleError, InputError
 
 _LOGGER = logging.getLogger(__name__)
@@ -78,9 +78,12 @@ class SupportModels:
         """Open the support bundle at ``root`` (see the class arguments).
 
         Raises:
-            BundleError: missing, altered or not a bundle.
+            BundleError: missing, altered, not a bundle, or not a support bundle.
         """
-        return cls(Bundle.load(root), backend, options, precision)
+        bundle = Bundle.load(root)
+        if bundle.manifest.kind != "support":
+            raise BundleError(f"{root}: a {bundle.manifest.kind} bundle is not a support bundle")
+        return cls(bundle, backend, options, precision)
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -140,10 +143,10 @@ class SupportModels:
     def tokenizer_path(self) -> Path:
         """The bundled BERT ``tokenizer.json`` (also what g2pW tokenises with)."""
         rel = self.bundle.manifest.text.get("tokenizer", TOKENIZER_PATH)
-        path = self.bundle.root / rel
-        if not path.is_file():
-            raise BundleError(f"{self.bundle.root}: no BERT tokenizer ({rel})")
-        return path
+        try:
+            return inside(self.bundle.root, rel, "tokenizer")
+        except BundleError as exc:
+            raise BundleError(f"no BERT tokenizer: {exc}") from None
 
     @property
     def tokenizer(self) -> Any:

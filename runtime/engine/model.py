@@ -163,7 +163,13 @@ class VoiceModel:
                 f"{self.bundle.root}: this step needs the support bundle (HuBERT/BERT/SV); "
                 "pass support=... or export the voice with --support"
             )
-        root = Path(path) if self._support else self.bundle.root / str(path)
+        if self._support:
+            root = Path(path)
+        elif not isinstance(path, str) or Path(path).is_absolute():
+            # a relative path may lead to a sibling tree; it must hold a support bundle
+            raise BundleError(f"{self.bundle.root}: support.path must be relative: {path!r}")
+        else:
+            root = self.bundle.root / path
         support = SupportModels.load(root, self.backend, self.options)
         if "bert" in support.bundle.manifest.graphs and support.bert_dim != self.bert_dim:
             raise BundleError(
