@@ -36,7 +36,7 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(dtype=str(d["dtype"]), shape=tuple(d["shape"]))
+        return cls(dtype=_typed(d["dtype"], str), shape=tuple(_typed(d["shape"], list)))
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,10 @@ class GraphFile:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphFile:
-        return cls(format=d["format"], precision=d["precision"], path=d["path"])
+        fmt = d["format"]
+        if fmt not in ("onnx", "openvino"):
+            raise ValueError(f"unknown graph format {fmt!r}")
+        return cls(format=fmt, precision=_typed(d["precision"], str), path=_typed(d["path"], str))
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class GraphSpec:
         return cls(
             inputs={k: TensorSpec.from_dict(v) for k, v in d["inputs"].items()},
             outputs={k: TensorSpec.from_dict(v) for k, v in d["outputs"].items()},
-            variants=tuple(GraphFile.from_dict(v) for v in d["variants"]),
+            variants=tuple(GraphFile.from_dict(v) for v in _typed(d["variants"], list)),
             atol=float(d.get("atol", 1e-4)),
         )
 
@@ -131,7 +134,12 @@ class Manifest:
                 kind=d["kind"],
                 created_by=dict(d.get("created_by", {})),
                 graphs={k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()},
-                files={k: FileEntry(**v) for k, v in d["files"].items()},
+                files={
+                    _typed(k, str): FileEntry(
+                        _typed(v["sha256"], str), _typed(v["size_bytes"], int)
+                    )
+                    for k, v in d["files"].items()
+                },
                 model=dict(d.get("model", {})),
                 source=dict(d.get("source", {})),
                 audio=dict(d.get("audio", {})),
@@ -190,6 +198,13 @@ class Manifest:
                 spec["shape"] = list(spec["shape"])
             g["variants"] = list(g["variants"])
         return {"format": FORMAT, **d}
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """``value`` if it is a ``kind`` (bool is not an int here), else TypeError."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"expected {kind.__name__}, got {value!r}")
+    return value
 
 
 def sha256_file(path: Path) -> str:

@@ -21,7 +21,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except GsvError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             ctx.exit(1)
         except ImportError as exc:
             click.echo(f"error: {exc} (install the extra that provides it)", err=True)
@@ -235,7 +235,16 @@ def info_cmd(
         click.echo(line)
     if bundle is not None:
         for line in describe_bundle(bundle, verify_hashes=verify):
-            click.echo(line)
+            click.echo(printable(line))
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so strings from a manifest cannot drive the
+    terminal (escape sequences, carriage returns)."""
+    return "".join(
+        c if c.isprintable() or c == "\t" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 _RUNTIME_OPTIONS = [

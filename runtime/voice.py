@@ -12,9 +12,10 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from gsv_runtime.errors import BundleError, InputError
 VOICES_DIR: Final = "voices"
 VOICE_FORMAT_VERSION: Final = 1
 _ARRAYS: Final = ("prompt_tokens", "prompt_phones", "prompt_bert", "ge")
+MAX_ARRAY_BYTES: Final = 64 << 20
+"""A saved voice's array larger than this (uncompressed) is refused before it is read."""
+MAX_JSON_BYTES: Final = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -71,8 +75,14 @@ class Voice:
             raise InputError(
                 f"invalid voice name {name!r}: use 1–64 letters, digits, '_', '.', '-'"
             )
-        target = Path(bundle_root) / VOICES_DIR / name
+        root = Path(bundle_root)
+        target = root / VOICES_DIR / name
+        for path in (target.parent, target):
+            if path.is_symlink():
+                raise InputError(f"{path} is a symbolic link; refusing to write a voice there")
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(root.resolve()):
+            raise InputError(f"{target.parent} leads outside the bundle {root}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         meta = {
             "format_version": VOICE_FORMAT_VERSION,
@@ -105,28 +115,80 @@ class Voice:
         Raises:
             BundleError: no such voice, or a damaged one.
         """
-        folder = Path(bundle_root) / VOICES_DIR / name
-        if not _NAME.match(name) or not folder.is_dir():
+        root = Path(bundle_root)
+        folder = root / VOICES_DIR / name
+        if not isinstance(name, str) or not _NAME.match(name) or not folder.is_dir():
             known = ", ".join(saved_voices(bundle_root)) or "none"
             raise BundleError(f"{bundle_root}: no voice {name!r} (saved voices: {known})")
         try:
-            meta: dict[str, Any] = json.loads((folder / "voice.json").read_text())
-            with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
-                data = {k: arrays[k] for k in _ARRAYS}
-        except (OSError, ValueError, KeyError) as exc:
+            if not folder.resolve().is_relative_to(root.resolve()):
+                raise ValueError("the voice folder leads outside the bundle")
+            meta_path = folder / "voice.json"
+            if meta_path.stat().st_size > MAX_JSON_BYTES:
+                raise ValueError("voice.json is too large")
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("voice.json is not a JSON object")
+            data = _read_arrays(folder / "arrays.npz")
+            voice = cls(
+                prompt_tokens=data["prompt_tokens"].astype(np.int64),
+                prompt_phones=data["prompt_phones"].astype(np.int64),
+                prompt_bert=data["prompt_bert"].astype(np.float32),
+                ge=data["ge"].astype(np.float32),
+                prompt_text=str(meta.get("prompt_text", "")),
+                prompt_lang=str(meta.get("prompt_lang", "")),
+                symbols_version=str(meta.get("symbols_version", "v2")),
+                name=name,
+            )
+            version = meta.get("format_version", 0)
+            if not isinstance(version, int):
+                raise ValueError(f"format_version {version!r} is not an integer")
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            RecursionError,
+            zipfile.BadZipFile,
+        ) as exc:
             raise BundleError(f"{folder}: damaged voice ({exc})") from None
-        if meta.get("format_version", 0) > VOICE_FORMAT_VERSION:
+        if version > VOICE_FORMAT_VERSION:
             raise BundleError(f"{folder}: voice format is newer than this runtime; upgrade gsv-rt")
-        return cls(
-            prompt_tokens=data["prompt_tokens"].astype(np.int64),
-            prompt_phones=data["prompt_phones"].astype(np.int64),
-            prompt_bert=data["prompt_bert"].astype(np.float32),
-            ge=data["ge"].astype(np.float32),
-            prompt_text=str(meta.get("prompt_text", "")),
-            prompt_lang=str(meta.get("prompt_lang", "")),
-            symbols_version=str(meta.get("symbols_version", "v2")),
-            name=name,
-        )
+        voice.check(str(folder))
+        return voice
+
+    def check(self, where: str = "voice") -> None:
+        """Shapes and values consistent: 1-D ids, BERT rows per phone, finite ``ge``.
+
+        Raises:
+            BundleError: naming what is wrong.
+        """
+        problems = []
+        if self.prompt_tokens.ndim != 1 or self.prompt_phones.ndim != 1:
+            problems.append("prompt tokens and phones must be 1-D")
+        elif self.prompt_bert.ndim != 2 or len(self.prompt_bert) != len(self.prompt_phones):
+            problems.append("prompt_bert must have one row per prompt phone")
+        if self.ge.ndim != 3 or self.ge.shape[0] < 1 or self.ge.shape[2] != 1:
+            problems.append(f"ge must be [R, gin, 1], got {self.ge.shape}")
+        if not (np.isfinite(self.ge).all() and np.isfinite(self.prompt_bert).all()):
+            problems.append("non-finite values")
+        if (
+            self.prompt_tokens.size
+            and not 0 <= self.prompt_tokens.min() <= self.prompt_tokens.max() < 1 << 16
+        ):
+            problems.append("prompt token ids out of range")
+        if problems:
+            raise BundleError(f"{where}: damaged voice ({'; '.join(problems)})")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The voice arrays, each member's uncompressed size checked before it is inflated."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > MAX_ARRAY_BYTES:
+                raise ValueError(f"{info.filename} inflates to {info.file_size} bytes")
+    with np.load(path, allow_pickle=False) as arrays:
+        return {k: arrays[k] for k in _ARRAYS}
 
 
 def saved_voices(bundle_root: str | Path) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gsv_runtime.backends import RunnerOptions
-from gsv_runtime.errors import BackendError
+from gsv_runtime.errors import BackendError, first_line
 
 
 def _providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
@@ -49,10 +49,20 @@ class OrtRunner:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"onnxruntime cannot load {path.name}: {exc}") from None
+        self.name = path.name
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run with host arrays; outputs come back as host arrays."""
-        outs = self.session.run(None, {k: inputs[k] for k in self.input_names})
+        """Run with host arrays; outputs come back as host arrays.
+
+        Raises:
+            BackendError: onnxruntime refused the inputs (its message, first line).
+        """
+        try:
+            outs = self.session.run(None, {k: inputs[k] for k in self.input_names})
+        except Exception as exc:  # InvalidArgument, Fail, RuntimeException...
+            raise BackendError(
+                f"onnxruntime failed running {self.name}: {first_line(exc)}"
+            ) from None
         return dict(zip(self.output_names, outs, strict=True))

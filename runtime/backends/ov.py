@@ -55,12 +55,20 @@ class OvRunner:
                 self.inference_precision,
             )
         self.request = self.compiled.create_infer_request()
+        self.name = path.name
         self.input_names = tuple(p.any_name for p in self.compiled.inputs)
         self.output_names = tuple(p.any_name for p in self.compiled.outputs)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run synchronously; outputs are copied out of the request's buffers."""
-        result = self.request.infer({k: inputs[k] for k in self.input_names})
+        """Run synchronously; outputs are copied out of the request's buffers.
+
+        Raises:
+            BackendError: the plugin refused the inputs (first line of its message).
+        """
+        try:
+            result = self.request.infer({k: inputs[k] for k in self.input_names})
+        except Exception as exc:  # OpenVINO raises RuntimeError with a long plugin log
+            raise BackendError(f"OpenVINO failed running {self.name}: {first_line(exc)}") from None
         return {
             name: np.array(result[port])
             for name, port in zip(self.output_names, self.compiled.outputs, strict=True)
