@@ -16,7 +16,7 @@ from typing import Any
 
 from gsv_export.graph_io import FORMATS, PRECISIONS
 from gsv_export.parity import ParityReport
-from gsv_export.writer import staging_dir, write_manifest
+from gsv_export.writer import check_voices, staging_dir, write_manifest
 from gsv_runtime.bundle import Manifest
 from gsv_runtime.errors import CheckpointError, InputError
 from gsv_runtime.gpt.sampling import MAX_STEPS, SamplingParams
@@ -123,6 +123,7 @@ def export_bundle(
     precisions: Sequence[str] = ("fp32",),
     verify: bool = True,
     support: str | None = None,
+    voices: str = "refuse",
     progress: Progress = _LOGGER.info,
 ) -> Manifest:
     """Export one voice (a GPT ``.ckpt`` and a SoVITS ``.pth``) to a bundle directory.
@@ -136,6 +137,8 @@ def export_bundle(
         verify: run the parity checks against PyTorch and refuse to write on failure.
         support: path of the support bundle (HuBERT/BERT/SV) this voice uses, recorded
             relative to ``out`` for the runtime to find.
+        voices: an existing bundle's saved voices: ``keep`` (carried over), ``drop``, or
+            ``refuse`` to export over them (the default).
         progress: called with one line per stage.
 
     Returns:
@@ -151,11 +154,12 @@ def export_bundle(
     fmts = _choices(formats, FORMATS, "format")
     precs = _choices(precisions, PRECISIONS, "precision")
     out_path = Path(out)
+    check_voices(out_path, voices)  # before loading anything
     with _stage(progress, "loading checkpoints"):
         gpt_ckpt, gpt_model = load_model(gpt, "gpt")
         sovits_ckpt, sovits_model = load_model(sovits, "sovits")
         _check_pair(gpt_ckpt, sovits_ckpt)
-    with staging_dir(out_path) as work:
+    with staging_dir(out_path, voices) as work:
         with _stage(progress, "exporting GPT graphs"):
             graphs = export_gpt_graphs(gpt_model, work, fmts, precs)
         with _stage(progress, "exporting SoVITS graphs"):
@@ -193,10 +197,16 @@ def export_support_bundle(
     Raises:
         CheckpointError, InputError, BundleError, ParityError: nothing is left at ``out``.
     """
-    from gsv_export.support import export_support_graphs, load_support_modules, verify_support
+    from gsv_export.support import (
+        check_choices,
+        export_support_graphs,
+        load_support_modules,
+        verify_support,
+    )
 
     fmts = _choices(formats, FORMATS, "format")
     precs = _choices(precisions, PRECISIONS, "precision")
+    check_choices(fmts, precs)  # before the (slow) model loading
     names = ["HuBERT"] + (["BERT"] if bert else []) + (["the speaker model"] if sv else [])
     with _stage(progress, "loading " + ", ".join(names)):
         modules = load_support_modules(hubert, bert, sv)

@@ -55,6 +55,7 @@ from gsv_export.graph_io import (
 from gsv_export.parity import Check, ParityReport, relative_max_diff
 from gsv_export.precision import onnx_fp16_if_runnable, onnx_int8, openvino_int8
 from gsv_runtime.bundle import GraphFile, GraphSpec, sha256_file
+from gsv_runtime.errors import InputError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -255,13 +256,13 @@ def variant_stem(graph: str, precision: str) -> str:
 # ----------------------------------------------------------------------------------- export
 
 
-def _check_choices(formats: Sequence[str], precisions: Sequence[str]) -> None:
+def check_choices(formats: Sequence[str], precisions: Sequence[str]) -> None:
     bad_f = [f for f in formats if f not in FORMATS]
     if bad_f or not formats:
-        raise ValueError(f"formats must be among {', '.join(FORMATS)}; got {list(formats)}")
+        raise InputError(f"formats must be among {', '.join(FORMATS)}; got {list(formats)}")
     bad_p = [p for p in precisions if p not in SUPPORT_PRECISIONS]
     if bad_p:
-        raise ValueError(
+        raise InputError(
             f"support precisions must be among {', '.join(SUPPORT_PRECISIONS)}; got {bad_p} "
             "(bf16 is a runtime inference hint, not a stored variant)"
         )
@@ -382,7 +383,7 @@ def export_support_graphs(
         CheckpointError: a source that cannot be loaded.
         ExportError: tracing, conversion or quantization failed.
     """
-    _check_choices(formats, precisions)
+    check_choices(formats, precisions)
     if hubert_dir is None and bert_dir is None and sv_ckpt is None:
         raise ValueError("give at least one of hubert_dir, bert_dir, sv_ckpt")
     work_dir = Path(work_dir)

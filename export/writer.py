@@ -25,7 +25,7 @@ from gsv_runtime.bundle import (
     read_manifest,
     sha256_file,
 )
-from gsv_runtime.errors import BundleError, GsvError
+from gsv_runtime.errors import BundleError, GsvError, InputError
 
 
 def created_by() -> dict[str, Any]:
@@ -60,21 +60,57 @@ def _check_destination(out: Path) -> None:
             ) from None
 
 
-@contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A temporary directory beside ``out``; on success it replaces ``out`` in one rename.
+VOICE_POLICIES = ("refuse", "keep", "drop")
 
-    An existing bundle at ``out`` is replaced; any other non-empty path is refused first.
+
+def _saved_voices(out: Path) -> list[str]:
+    folder = out / "voices"
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted(p.parent.name for p in folder.glob("*/voice.json"))
+
+
+def check_voices(out: Path, voices: str) -> list[str]:
+    """The saved voices of the bundle at ``out`` (if any) that ``voices`` allows to go on.
 
     Raises:
-        BundleError: ``out`` is a file or a non-bundle directory, or the disk is full.
+        BundleError: ``out`` is not a bundle, or holds saved voices and ``voices`` is
+            ``refuse``.
+        InputError: an unknown policy.
+    """
+    if voices not in VOICE_POLICIES:
+        raise InputError(f"voices must be one of {', '.join(VOICE_POLICIES)}, got {voices!r}")
+    _check_destination(out)
+    saved = _saved_voices(out) if out.is_dir() else []
+    if saved and voices == "refuse":
+        raise BundleError(
+            f"{out} holds saved voices ({', '.join(saved)}); export with --voices keep to "
+            "carry them over or --voices drop to discard them"
+        )
+    return saved
+
+
+@contextmanager
+def staging_dir(out: Path, voices: str = "refuse") -> Iterator[Path]:
+    """A temporary directory beside ``out``; on success it replaces ``out`` in one rename.
+
+    An existing bundle at ``out`` is replaced; any other non-empty path is refused first. Its
+    saved voices are carried over (``voices="keep"``), dropped (``"drop"``), or, by default,
+    the export is refused before any work so that nobody loses them unawares.
+
+    Raises:
+        BundleError: ``out`` is a file, a non-bundle directory, or a bundle with saved voices
+            under ``voices="refuse"``; or the disk is full.
+        InputError: an unknown ``voices`` policy.
     """
     out = out.resolve()
-    _check_destination(out)
+    saved = check_voices(out, voices)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield tmp
+        if saved and voices == "keep":
+            shutil.copytree(out / "voices", tmp / "voices", symlinks=True)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

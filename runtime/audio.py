@@ -21,6 +21,8 @@ import numpy as np
 from gsv_runtime.audio_features import sinc_resample
 from gsv_runtime.errors import InputError, first_line
 
+_UMASK: Final = os.umask(0o022)
+os.umask(_UMASK)
 SSL_SAMPLE_RATE: Final = 16000
 REF_MIN_SECONDS: Final = 3.0
 REF_MAX_SECONDS: Final = 10.0
@@ -157,6 +159,7 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written WAV is a normal file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -142,6 +142,12 @@ _PRECISION_OPTION = click.option(
     show_default=True,
     help="Check every graph against PyTorch before writing.",
 )
+@click.option(
+    "--voices",
+    type=click.Choice(["keep", "drop"]),
+    help="Exporting over a bundle with saved voices: carry them over or discard them "
+    "(without this option such an export is refused).",
+)
 def export_cmd(
     gpt: Path,
     sovits: Path,
@@ -150,6 +156,7 @@ def export_cmd(
     precisions: str,
     support: Path | None,
     verify: bool,
+    voices: str | None,
 ) -> None:
     """Export a voice (GPT + SoVITS checkpoints) to an ONNX/OpenVINO bundle."""
     from gsv_export import export_bundle
@@ -162,6 +169,7 @@ def export_cmd(
         precisions=_csv(precisions),
         verify=verify,
         support=str(support) if support else None,
+        voices=voices or "refuse",
         progress=click.echo,
     )
 

@@ -143,7 +143,7 @@ def test_reference_model_survives_export(modules: SupportModules, exported: tupl
 
 
 def test_export_refuses_unknown_precision(sources: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="fp32, fp16, int8"):
+    with pytest.raises(InputError, match="fp32, fp16, int8"):
         export_support_graphs(None, None, sources["sv"], tmp_path, precisions=("fp8",))
 
 

@@ -296,3 +296,53 @@ def test_backend_failure_is_a_backend_error(bundle: Path) -> None:
         synth.sovits.runners["sovits_ref"].run(
             {"spec": np.zeros((1, 3, 5), np.float32), "spec_lengths": np.ones(1, np.int64)}
         )
+
+
+def test_export_over_saved_voices_is_refused_unless_told(
+    bundle: Path, saved_voice: Path, tiny_voice
+):
+    from gsv_export import export_bundle
+
+    ckpts = tiny_voice("v2")
+    before = _snapshot(bundle)
+    with pytest.raises(BundleError, match="holds saved voices"):
+        export_bundle(ckpts["gpt"], ckpts["sovits"], bundle, verify=False, progress=lambda _: None)
+    assert _snapshot(bundle) == before
+    export_bundle(
+        ckpts["gpt"],
+        ckpts["sovits"],
+        bundle,
+        formats=("onnx",),
+        verify=False,
+        voices="keep",
+        progress=lambda _: None,
+    )
+    assert Voice.load(bundle, "calm").prompt_tokens.size > 0
+
+
+def test_export_support_bf16_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "export-support",
+            "--hubert",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "s"),
+            "--precision",
+            "bf16",
+        ],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "support precisions must be among" in result.output
+
+
+def test_written_wav_is_a_normal_file(tmp_path: Path) -> None:
+    from gsv_runtime.audio import write_wav
+
+    old = os.umask(0o022)
+    try:
+        write_wav(tmp_path / "out.wav", np.zeros(100, np.int16), 32000)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.wav").stat().st_mode & 0o777 == 0o644

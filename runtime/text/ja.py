@@ -136,10 +136,20 @@ def load_user_dictionary(csv_path: str | Path) -> None:
         import pyopenjtalk
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise InputError("Japanese text needs the [ja] extra: pip install 'gsv-rt[ja]'") from exc
-    with _USER_DICT_LOCK, JapaneseFrontend._lock:
-        compiled = Path(tempfile.mkdtemp(prefix="gsv-ja-userdic-")) / "user.dict"
-        with _silenced_stdout():  # MeCab's compiler prints progress on the C stdout
-            pyopenjtalk.mecab_dict_index(str(path), str(compiled))
+    # the compiled file is only needed while OpenJTalk loads it (MeCab maps it into memory)
+    with (
+        _USER_DICT_LOCK,
+        JapaneseFrontend._lock,
+        tempfile.TemporaryDirectory(prefix="gsv-ja-userdic-") as tmp,
+    ):
+        compiled = Path(tmp) / "user.dict"
+        try:
+            with _silenced_stdout():  # MeCab's compiler prints progress on the C stdout
+                pyopenjtalk.mecab_dict_index(str(path), str(compiled))
+        except Exception as exc:  # MeCab rejects a row it cannot parse
+            raise InputError(
+                f"{path}: MeCab could not compile this user dictionary ({exc})"
+            ) from None
         if not compiled.is_file():
             raise InputError(f"{path}: MeCab could not compile this user dictionary")
         pyopenjtalk.update_global_jtalk_with_user_dict(str(compiled))
