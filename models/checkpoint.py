@@ -72,6 +72,12 @@ class Checkpoint:
     sha256: str
 
 
+MAX_INFLATION = 2
+"""A checkpoint's zip may inflate to at most this × its size (+16 MiB); torch stores tensors
+uncompressed, so real files are ≈ 1×."""
+MAX_TENSOR_ELEMENTS = 1 << 31
+
+
 def read_payload(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """Unpickle a checkpoint safely; return the top-level dict and the 2-byte header.
 
@@ -94,6 +100,13 @@ def read_payload(path: str | Path) -> tuple[dict[str, Any], bytes]:
         )
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise CheckpointError(f"{path}: truncated or corrupt (the zip directory is unreadable)")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        inflated = sum(info.file_size for info in archive.infolist())
+    if inflated > MAX_INFLATION * len(data) + (16 << 20):
+        raise CheckpointError(
+            f"{path}: its archive inflates to {inflated >> 20} MiB from {len(data) >> 20} MiB "
+            "(torch stores weights uncompressed; refusing a zip bomb)"
+        )
     try:
         with torch.serialization.safe_globals([(_HParamsStandIn, "utils.HParams")]):
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -140,6 +153,15 @@ def _to_fp32(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: weight {key!r} is not a tensor")
+        # a view may repeat a small storage (zero strides): copying it would allocate the
+        # whole shape, so every weight must own as many bytes as it has elements
+        if value.numel() > MAX_TENSOR_ELEMENTS or (
+            value.numel() * value.element_size() > value.untyped_storage().nbytes()
+        ):
+            raise CheckpointError(
+                f"{path}: weight {key!r} of shape {list(value.shape)} is larger than the data "
+                "stored for it (a repeating view)"
+            )
         out[key] = value.float() if value.is_floating_point() else value
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from gsv_models.checkpoint import Checkpoint, Kind, load_checkpoint
@@ -11,30 +12,42 @@ from gsv_models.config import SoVITSConfig, T2SConfig
 from gsv_runtime.errors import CheckpointError
 
 
-def build_model(ckpt: Checkpoint) -> nn.Module:
-    """The eval-mode network of ``ckpt`` with its weights; every key must match.
-
-    Raises:
-        CheckpointError: missing, unexpected or mis-shaped weights (names the first few).
-    """
+def _construct(ckpt: Checkpoint) -> nn.Module:
     if ckpt.kind == "gpt":
         from gsv_models.t2s import T2SModel
 
         assert isinstance(ckpt.config, T2SConfig)
-        model: nn.Module = T2SModel(ckpt.config)
-    elif ckpt.kind == "sovits":
+        return T2SModel(ckpt.config)
+    if ckpt.kind == "sovits":
         from gsv_models.sovits import SoVITSModel
 
         assert isinstance(ckpt.config, SoVITSConfig)
-        model = SoVITSModel(ckpt.config)
-    else:
-        from gsv_models.sv import ERes2NetV2
+        return SoVITSModel(ckpt.config)
+    from gsv_models.sv import ERes2NetV2
 
-        try:
-            model = ERes2NetV2(**ERes2NetV2.kwargs_from_state_dict(ckpt.state_dict))
-        except (KeyError, IndexError, ZeroDivisionError) as exc:
-            raise CheckpointError(f"{ckpt.path}: speaker model lacks weight {exc}") from None
-    expected = model.state_dict()
+    try:
+        return ERes2NetV2(**ERes2NetV2.kwargs_from_state_dict(ckpt.state_dict))
+    except (KeyError, IndexError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{ckpt.path}: speaker model lacks weight {exc}") from None
+
+
+def build_model(ckpt: Checkpoint) -> nn.Module:
+    """The eval-mode network of ``ckpt`` with its weights; every key must match.
+
+    The network is first laid out on torch's ``meta`` device (no memory) and compared with the
+    weights present, so a config that declares a huge network fails before anything is
+    allocated.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped weights (names the first few).
+    """
+    try:
+        with torch.device("meta"):
+            expected = _construct(ckpt).state_dict()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a config the network cannot be built from
+        raise CheckpointError(f"{ckpt.path}: config does not describe a network ({exc})") from None
     missing = sorted(set(expected) - set(ckpt.state_dict))
     unexpected = sorted(set(ckpt.state_dict) - set(expected))
     if missing or unexpected:
@@ -50,6 +63,7 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
             f"{ckpt.path}: {len(shaped)} weights have the wrong shape, e.g. {k} is "
             f"{list(ckpt.state_dict[k].shape)}, expected {list(expected[k].shape)}"
         )
+    model = _construct(ckpt)
     model.load_state_dict(ckpt.state_dict, strict=True)
     return model.eval()
 

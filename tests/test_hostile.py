@@ -19,7 +19,7 @@ from gsv_runtime.audio import load_reference
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.cli import main
 from gsv_runtime.engine import EngineConfig, SynthesisRequest
-from gsv_runtime.errors import BundleError, GsvError, InputError
+from gsv_runtime.errors import BundleError, CheckpointError, GsvError, InputError
 from gsv_runtime.gpt.sampling import SamplingParams
 from gsv_runtime.synthesizer import Synthesizer
 from gsv_runtime.voice import Voice
@@ -346,3 +346,55 @@ def test_written_wav_is_a_normal_file(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "out.wav").stat().st_mode & 0o777 == 0o644
+
+
+def _gpt_payload(tiny_voice) -> dict:
+    import torch
+
+    return torch.load(tiny_voice("v2")["gpt"], map_location="cpu", weights_only=False)
+
+
+def test_checkpoint_declaring_a_huge_network_fails_before_building(tiny_voice, tmp_path) -> None:
+    import time
+
+    import torch
+
+    from gsv_models.load import load_model
+
+    payload = _gpt_payload(tiny_voice)
+    payload["config"]["model"]["n_layer"] = 2000
+    path = tmp_path / "huge.ckpt"
+    torch.save(payload, path)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(path)
+    assert time.perf_counter() - start < 30
+
+
+def test_repeating_tensor_views_are_refused(tiny_voice, tmp_path) -> None:
+    import torch
+
+    from gsv_models.checkpoint import load_checkpoint
+
+    payload = _gpt_payload(tiny_voice)
+    key = next(iter(payload["weight"]))
+    payload["weight"][key] = torch.zeros(1).expand(1 << 17, 1 << 17)
+    path = tmp_path / "view.ckpt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="repeating view"):
+        load_checkpoint(path)
+
+
+def test_rezipped_checkpoint_bomb_is_refused(tiny_voice, tmp_path) -> None:
+    from gsv_models.checkpoint import load_checkpoint
+
+    src = tiny_voice("v2")["gpt"]
+    bomb = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        prefix = zin.infolist()[0].filename.split("/")[0]
+        zout.writestr(f"{prefix}/padding", bytes(64 << 20))
+    assert bomb.stat().st_size < 8 << 20
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        load_checkpoint(bomb)
