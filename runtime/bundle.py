@@ -187,7 +187,7 @@ class Manifest:
         for name, spec in self.graphs.items():
             for port in (*spec.inputs.values(), *spec.outputs.values()):
                 for dim in port.shape:
-                    if not (isinstance(dim, str) or (isinstance(dim, int) and 0 <= dim < 1 << 20)):
+                    if not (isinstance(dim, str) or (isinstance(dim, int) and 0 <= dim < 1 << 16)):
                         raise BundleError(f"{where}: graph {name} declares a bad dimension {dim!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -159,7 +159,10 @@ class SupportModels:
                 raise BundleError(
                     "BERT features need the 'tokenizers' package (pip install tokenizers)"
                 ) from exc
-            self._tokenizer = Tokenizer.from_file(str(path))
+            try:
+                self._tokenizer = Tokenizer.from_file(str(path))
+            except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+                raise BundleError(f"{path}: not a tokenizers JSON file ({exc})") from None
         return self._tokenizer
 
     # ------------------------------------------------------------------------------ features

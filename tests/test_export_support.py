@@ -346,3 +346,28 @@ def test_malicious_bin_is_refused_without_running(tmp_path: Path, sources: dict[
     with pytest.raises(CheckpointError, match=r"refused .*would import posix\.system"):
         load_hubert(evil)
     assert not marker.exists()
+
+
+def test_parity_judges_the_export_not_the_weights_conditioning(
+    sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """A speaker model whose BatchNorm statistics make fp32 itself lose accuracy (torch fp32
+    vs fp64 ≈ 4e-4 here, as with statistics from real audio) passes against its fp64 answer,
+    where a fixed 1e-4 limit refused it; a graph of other weights still fails."""
+    mods = load_support_modules(None, None, sources["sv"])
+    for module in mods.sv.modules():  # type: ignore[union-attr]
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            module.running_var.mul_(0.7)
+    work = tmp_path / "sv"
+    work.mkdir()
+    specs, _ = export_support_graphs(
+        None, None, sources["sv"], work, formats=("onnx",), precisions=("fp32",), modules=mods
+    )
+    report = verify_support(work, specs, mods, backends=("onnxruntime",))
+    assert not report.failures, [c.line() for c in report.failures]
+    assert max(c.value for c in report.checks) > 1e-4  # the old fixed limit would refuse it
+    other = load_support_modules(
+        None, None, make_checkpoint("v2Pro", "sv", tmp_path / "o.ckpt", "tiny", seed=9)
+    )
+    broken = verify_support(work, specs, other, backends=("onnxruntime",))
+    assert broken.failures

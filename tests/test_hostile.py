@@ -398,3 +398,32 @@ def test_rezipped_checkpoint_bomb_is_refused(tiny_voice, tmp_path) -> None:
     assert bomb.stat().st_size < 8 << 20
     with pytest.raises(CheckpointError, match="zip bomb"):
         load_checkpoint(bomb)
+
+
+def test_tokenizer_that_is_not_a_tokenizer(tiny_support: Path, tmp_path: Path) -> None:
+    from gsv_runtime.support import SupportModels
+
+    copy = tmp_path / "support"
+    shutil.copytree(tiny_support, copy)
+    tokenizer = copy / "tokenizer" / "tokenizer.json"
+    manifest = _manifest(copy)
+    tokenizer.write_text('{"not": "a tokenizer"}')
+    entry = manifest["files"].get("tokenizer/tokenizer.json")
+    if entry is not None:
+        entry["size_bytes"] = tokenizer.stat().st_size
+    _write(copy, manifest)
+    with pytest.raises(BundleError, match="not a tokenizers JSON file"):
+        SupportModels.load(copy).tokenizer  # noqa: B018
+
+
+def test_g2pw_tables_that_are_not_utf8(tmp_path: Path) -> None:
+    from gsv_runtime.text.zh_g2pw import _char_table, read_config
+
+    table = tmp_path / "CHAR_bopomofo.txt"
+    table.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(InputError, match="not a readable UTF-8 table"):
+        _char_table(table)
+    config = tmp_path / "config.py"
+    config.write_bytes(b"x = '\xff'")
+    with pytest.raises(InputError, match="not a readable g2pW config"):
+        read_config(config)

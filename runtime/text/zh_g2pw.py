@@ -56,11 +56,17 @@ class _Query:
     """Index of the queried character in ``text``."""
 
 
+MAX_TABLE_BYTES: Final = 64 << 20
+"""g2pW's config.py and tables larger than this are refused unread."""
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """The literal top-level assignments of a g2pW ``config.py`` (never executed)."""
     try:
+        if path.stat().st_size > MAX_TABLE_BYTES:
+            raise InputError(f"{path}: larger than {MAX_TABLE_BYTES >> 20} MiB")
         tree = ast.parse(path.read_text("utf-8"), filename=str(path))
-    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+    except (OSError, SyntaxError, UnicodeDecodeError, RecursionError, ValueError) as exc:
         raise InputError(f"{path}: not a readable g2pW config ({exc})") from exc
     values: dict[str, Any] = {}
     for node in tree.body:
@@ -76,7 +82,13 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def _char_table(path: Path) -> list[tuple[str, str]]:
     rows = []
-    for n, line in enumerate(path.read_text("utf-8").strip().split("\n"), start=1):
+    try:
+        if path.stat().st_size > MAX_TABLE_BYTES:
+            raise InputError(f"{path}: larger than {MAX_TABLE_BYTES >> 20} MiB")
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable UTF-8 table ({exc})") from None
+    for n, line in enumerate(text.strip().split("\n"), start=1):
         parts = line.split("\t")
         if len(parts) != 2 or len(parts[0]) != 1:
             raise InputError(f"{path}:{n}: expected 'character<TAB>bopomofo', got {line!r}")
