@@ -616,6 +616,78 @@ def _tts_batch(
         raise InputError(f"{failed} of {len(requests)} lines failed")
 
 
+@main.command("serve")
+@click.option(
+    "--voices",
+    "voices_file",
+    type=click.Path(path_type=Path),
+    help="voices.toml: named voices (bundle, saved voice or reference, default options).",
+)
+@click.option(
+    "-m",
+    "--model",
+    "bundles",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Voice bundle to serve with all its saved voices (repeatable).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=9880, show_default=True)
+@click.option("--api-key", envvar="GSV_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+@click.option(
+    "--allow-dir",
+    "allow_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder client-named paths (ref_audio_path, weights) may come from (repeatable); "
+    "without it clients can name no path.",
+)
+@click.option("--max-queued", type=int, default=64, show_default=True, help="Queue bound.")
+@click.option("--max-rows", type=int, help="Live GPT rows per model (default: from memory).")
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads per graph.")
+@click.option("--precision", default="fp32", show_default=True)
+def serve_cmd(
+    voices_file: Path | None,
+    bundles: tuple[Path, ...],
+    host: str,
+    port: int,
+    api_key: str | None,
+    allow_dirs: tuple[Path, ...],
+    max_queued: int,
+    max_rows: int | None,
+    backend: str,
+    device: str,
+    threads: int | None,
+    precision: str,
+) -> None:
+    """Serve voices over HTTP: upstream api_v2 (/tts) and OpenAI (/v1/audio/speech)."""
+    from gsv_runtime.config import RuntimeConfig
+    from gsv_runtime.engine import Engine, EngineConfig
+    from gsv_runtime.server import ServerSettings, create_app, load_catalog, make_server
+
+    if voices_file is None and not bundles:
+        raise InputError("give --voices voices.toml or -m BUNDLE")
+    for folder in allow_dirs:
+        if not folder.is_dir():
+            raise InputError(f"--allow-dir {folder}: no such folder")
+    runtime = RuntimeConfig(backend=backend, device=device, threads=threads, precision=precision)
+    catalog = load_catalog(voices_file, list(bundles), runtime)
+    engine = Engine(dict(catalog.models), EngineConfig(max_queued=max_queued, max_rows=max_rows))
+    settings = ServerSettings(allow_dirs=tuple(allow_dirs), api_key=api_key)
+    server = make_server(create_app(engine, catalog, settings), host, port)
+    click.echo(
+        f"serving {len(catalog.voices)} voice(s) of {len(catalog.models)} model(s) on "
+        f"http://{host}:{port}",
+        err=True,
+    )
+    try:
+        server.run()
+    finally:
+        engine.close()
+
+
 @main.command("phonemize")
 @click.argument("text")
 @click.option(
