@@ -273,3 +273,43 @@ def test_api_key(served) -> None:
     ok = client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert client.get("/health").status_code == 200
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (CI installs Debian's)")
+def test_page_speaks_a_voice(served) -> None:
+    """The page at / in a real headless Chromium: pick a voice, speak, get audio, see errors."""
+    running, _ = served
+    with sync_api().sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{running.url}/")
+            page.wait_for_function("document.querySelectorAll('#voice option').length >= 2")
+            values = page.eval_on_selector_all("#voice option", "os => os.map(o => o.value)")
+            assert sorted(values) == ["bright", "calm"]
+            page.fill("#text", "今天天气很好。")
+            page.select_option("#lang", "zh")
+            page.check("#stream")
+            page.click("#speak")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('done')", timeout=60000
+            )
+            src = page.get_attribute("#player", "src")
+            assert src and src.startswith("blob:")
+            assert not page.is_hidden("#download")
+            page.fill("#text", "")
+            page.click("#speak")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('error')", timeout=30000
+            )
+            assert "text is required" in page.text_content("#status")
+        finally:
+            browser.close()
+
+
+def sync_api():  # type: ignore[no-untyped-def]
+    """Playwright's sync API (the test is skipped without it)."""
+    return pytest.importorskip("playwright.sync_api")
