@@ -882,5 +882,34 @@ def bench_serving_cmd(
     click.echo(f"wrote {out / 'serving.jsonl'}, serving.md" + (", serving.png" if charts else ""))
 
 
+@bench_cmd.command("load")
+@click.option("--url", default="http://127.0.0.1:9880", show_default=True, help="gsv serve URL.")
+@click.option("--voice", required=True, help="A voice the server offers.")
+@click.option("--concurrency", default="1,8,32", show_default=True)
+@click.option(
+    "--requests",
+    "per_client",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Requests per client at each level (the run is bounded).",
+)
+@click.option("--lang", default="en", show_default=True)
+@click.option("--text", default="The morning train was late again, and everyone checked the time.")
+@click.option("--no-stream", is_flag=True, help="Whole-file responses (TTFB = latency).")
+def bench_load_cmd(
+    url: str, voice: str, concurrency: str, per_client: int, lang: str, text: str, no_stream: bool
+) -> None:
+    """A bounded load run against a local gsv server: req/s, p50/p95/p99, TTFB, errors."""
+    from gsv_bench.load import load_table, run_load
+
+    try:
+        levels = [int(n) for n in concurrency.split(",")]
+    except ValueError:
+        raise InputError(f"--concurrency takes comma-separated integers: {concurrency}") from None
+    rows = run_load(url, voice, levels, per_client, text, lang, not no_stream)
+    click.echo(load_table(rows))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

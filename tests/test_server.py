@@ -313,3 +313,16 @@ def test_page_speaks_a_voice(served) -> None:
 def sync_api():  # type: ignore[no-untyped-def]
     """Playwright's sync API (the test is skipped without it)."""
     return pytest.importorskip("playwright.sync_api")
+
+
+def test_bounded_load_run(served) -> None:
+    from gsv_bench.load import load_table, run_load
+    from gsv_runtime.errors import InputError
+
+    running, _ = served
+    rows = run_load(running.url, "calm", (1, 3), 1, "你好。", "zh")
+    assert [(r["concurrency"], r["requests"], r["errors"]) for r in rows] == [(1, 1, 0), (3, 3, 0)]
+    assert all(0 < r["ttfb_p50_s"] <= r["p50_s"] for r in rows)
+    assert load_table(rows).count("\n") == 3
+    with pytest.raises(InputError, match="this machine only"):
+        run_load("http://10.0.0.1:9880", "calm")
