@@ -93,9 +93,10 @@ def run_load(
     requests_per_client: int = 2,
     text: str = "The morning train was late again, and everyone checked the time.",
     lang: str = "en",
-    streaming: bool = True,
+    streaming_mode: int = 1,
 ) -> list[dict[str, Any]]:
-    """One bounded point per concurrency level (``requests_per_client`` × N requests each).
+    """One bounded point per concurrency level (``requests_per_client`` × N requests each);
+    ``streaming_mode`` as api_v2 (0 whole file, 1 per segment, 2/3 token windows).
 
     Raises:
         InputError: a URL that is not on this machine's loopback.
@@ -108,7 +109,7 @@ def run_load(
         "text_lang": lang,
         "voice": voice,
         "media_type": "wav",
-        "streaming_mode": 1 if streaming else 0,
+        "streaming_mode": streaming_mode,
     }
     out = []
     for n in concurrency:

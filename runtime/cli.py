@@ -896,9 +896,21 @@ def bench_serving_cmd(
 )
 @click.option("--lang", default="en", show_default=True)
 @click.option("--text", default="The morning train was late again, and everyone checked the time.")
-@click.option("--no-stream", is_flag=True, help="Whole-file responses (TTFB = latency).")
+@click.option(
+    "--streaming-mode",
+    type=click.IntRange(0, 3),
+    default=1,
+    show_default=True,
+    help="api_v2 streaming_mode: 0 whole file, 1 per segment, 2/3 token windows.",
+)
 def bench_load_cmd(
-    url: str, voice: str, concurrency: str, per_client: int, lang: str, text: str, no_stream: bool
+    url: str,
+    voice: str,
+    concurrency: str,
+    per_client: int,
+    lang: str,
+    text: str,
+    streaming_mode: int,
 ) -> None:
     """A bounded load run against a local gsv server: req/s, p50/p95/p99, TTFB, errors."""
     from gsv_bench.load import load_table, run_load
@@ -907,7 +919,7 @@ def bench_load_cmd(
         levels = [int(n) for n in concurrency.split(",")]
     except ValueError:
         raise InputError(f"--concurrency takes comma-separated integers: {concurrency}") from None
-    rows = run_load(url, voice, levels, per_client, text, lang, not no_stream)
+    rows = run_load(url, voice, levels, per_client, text, lang, streaming_mode)
     click.echo(load_table(rows))
 
 
