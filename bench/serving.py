@@ -69,7 +69,7 @@ def _instrument(model: VoiceModel, busy: _Busy) -> None:
 
     def session() -> Any:
         s = make()
-        for name in ("prefill", "join", "step"):
+        for name in ("join", "step"):  # prefill is reset + join
             setattr(s, name, busy.wrap(getattr(s, name), "gpt"))
         return s
 

@@ -294,6 +294,25 @@ class RowTracking:
             raise InputError("call prefill() before step() or keep()")
         return self._rows
 
+    def reset(self) -> None:
+        """Drop every row (and its cache)."""
+        raise NotImplementedError
+
+    def join(self, *prefix: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def prefill(
+        self,
+        phones: np.ndarray,
+        phone_lens: np.ndarray,
+        bert: np.ndarray,
+        prompt: np.ndarray | None = None,
+        prompt_lens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Start a new batch: every design is :meth:`reset` then :meth:`join`."""
+        self.reset()
+        return self.join(phones, phone_lens, bert, prompt, prompt_lens)
+
 
 def as_rows(rows: Sequence[int] | np.ndarray, batch: int) -> np.ndarray:
     """Validated int64 row indices (empty: every row leaves).

@@ -118,18 +118,8 @@ class CanonicalSession(RowTracking):
         host, kv = self._prefill.run(batch.feed(), {}, self._present)
         return host["logits"], RowState(batch), kv
 
-    def prefill(
-        self,
-        phones: np.ndarray,
-        phone_lens: np.ndarray,
-        bert: np.ndarray,
-        prompt: np.ndarray | None = None,
-        prompt_lens: np.ndarray | None = None,
-    ) -> np.ndarray:
-        logits, self._rows, self._kv = self._run_prefill(
-            phones, phone_lens, bert, prompt, prompt_lens
-        )
-        return logits
+    def reset(self) -> None:
+        self._rows, self._kv = None, []
 
     def join(
         self,
@@ -139,9 +129,10 @@ class CanonicalSession(RowTracking):
         prompt: np.ndarray | None = None,
         prompt_lens: np.ndarray | None = None,
     ) -> np.ndarray:
-        if self._rows is None:
-            return self.prefill(phones, phone_lens, bert, prompt, prompt_lens)
         logits, rows, kv = self._run_prefill(phones, phone_lens, bert, prompt, prompt_lens)
+        if self._rows is None:
+            self._rows, self._kv = rows, kv
+            return logits
         width = max(self._rows.width, rows.width)
         self._kv = [
             self._upload(np.concatenate([widen_cache(_to_host(a), width) for a in (old, new)]))
@@ -167,7 +158,7 @@ class CanonicalSession(RowTracking):
         state = self._state()
         idx = as_rows(rows, state.batch)
         if idx.size == 0:
-            self._rows, self._kv = None, []
+            self.reset()
             return
         state.keep(idx)
         self._kv = [self._upload(_to_host(v)[idx]) for v in self._kv]
@@ -211,16 +202,9 @@ class GqaSession(RowTracking):
         self._io: Any = None
         self._bound = 0  # slots the binding covers
 
-    def prefill(
-        self,
-        phones: np.ndarray,
-        phone_lens: np.ndarray,
-        bert: np.ndarray,
-        prompt: np.ndarray | None = None,
-        prompt_lens: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def reset(self) -> None:
         self._rows, self._slot, self._pool, self._io = None, np.zeros(0, np.int64), None, None
-        return self.join(phones, phone_lens, bert, prompt, prompt_lens)
+        self._device_kv = []
 
     def join(
         self,
@@ -329,8 +313,7 @@ class GqaSession(RowTracking):
         state = self._state()
         idx = as_rows(rows, state.batch)
         if idx.size == 0:  # nothing left: release the pool
-            self._rows, self._slot, self._pool, self._io = None, np.zeros(0, np.int64), None, None
-            self._device_kv = []
+            self.reset()
             return
         state.keep(idx)
         self._slot = self._slot[idx]

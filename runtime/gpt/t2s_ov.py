@@ -155,18 +155,10 @@ class StatefulSession(RowTracking):
         cohort.request.reset_state()
         self._idle.append(cohort.request)
 
-    def prefill(
-        self,
-        phones: np.ndarray,
-        phone_lens: np.ndarray,
-        bert: np.ndarray,
-        prompt: np.ndarray | None = None,
-        prompt_lens: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def reset(self) -> None:
         for cohort in self._cohorts:
             self._release(cohort)
         self._cohorts = []
-        return self.join(phones, phone_lens, bert, prompt, prompt_lens)
 
     def join(
         self,
