@@ -191,7 +191,7 @@ def test_bad_requests_get_json_errors(served) -> None:
         r = httpx.get(url, params=params, timeout=30)
         assert r.status_code == 400, (params, r.text)
         assert message in r.json()["message"]
-    r = httpx.post(url, content=b"x" * (2 << 20), timeout=30)
+    r = httpx.post(url, content=b"x" * (5 << 20), timeout=30)
     assert r.status_code == 413
     r = httpx.post(url, content=b"[1, 2]", timeout=30)
     assert r.status_code == 400
@@ -326,3 +326,31 @@ def test_bounded_load_run(served) -> None:
     assert load_table(rows).count("\n") == 3
     with pytest.raises(InputError, match="this machine only"):
         run_load("http://10.0.0.1:9880", "calm")
+
+
+def test_reference_upload_is_bounded_and_removed(served) -> None:
+    import base64
+    import glob
+    import tempfile
+
+    running, root = served
+    pattern = str(Path(tempfile.gettempdir()) / "gsv-ref-*")
+    before = set(glob.glob(pattern))
+    clip = base64.b64encode((root / "allowed" / "ref.wav").read_bytes()).decode()
+    body = {
+        "text": "你好。",
+        "text_lang": "zh",
+        "prompt_lang": "zh",
+        "prompt_text": PROMPT,
+        "ref_audio_base64": clip,
+        "seed": 0,
+    }
+    r = httpx.post(f"{running.url}/tts", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert _wav(r.content)[1] == 32000
+    bad = httpx.post(f"{running.url}/tts", json={**body, "ref_audio_base64": "*not*"}, timeout=30)
+    assert bad.status_code == 400 and "base64" in bad.json()["message"]
+    junk = base64.b64encode(b"not audio").decode()
+    r = httpx.post(f"{running.url}/tts", json={**body, "ref_audio_base64": junk}, timeout=30)
+    assert r.status_code == 400 and "cannot read audio" in r.json()["message"]
+    assert set(glob.glob(pattern)) == before

@@ -18,7 +18,9 @@ Deliberate differences from upstream api_v2 (its behaviour in brackets):
 - accepted and ignored (no meaning for v1–v2ProPlus bundles): ``batch_threshold``,
   ``split_bucket``, ``parallel_infer``, ``sample_steps``, ``super_sampling``, ``cfg_rate``,
   ``use_cuda_graph``; ``streaming_mode`` 2 and 3 both stream token windows (see the engine);
-- streaming is offered for wav and raw; other media types are encoded whole.
+- streaming is offered for wav and raw; other media types are encoded whole;
+- extensions: ``voice`` (a configured voice instead of a reference path) and
+  ``ref_audio_base64`` (a reference clip in the POST body, bounded by the body limit).
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class ServerSettings:
     """Folders client-named paths must lie in; none: clients may name no path."""
     api_key: str | None = None
     """Bearer key every route but /health needs (None: open)."""
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 4 << 20
+    """Largest request body (a base64 reference clip included)."""
     retry_after: int = 1
     """Seconds a client is told to wait when the queue is full."""
     shutdown: Callable[[], None] | None = None
@@ -191,18 +194,21 @@ _REQUEST_KEYS: Final = frozenset(
         "streaming_mode",
         "voice",
         "model",
+        "ref_audio_base64",
     }
 )
 
 
-async def _chunks(handle: RequestHandle) -> AsyncIterator[AudioChunk]:
-    """The handle's chunks; the request is cancelled if the consumer stops early."""
+async def _chunks(handle: RequestHandle, cleanup: Callable[[], None]) -> AsyncIterator[AudioChunk]:
+    """The handle's chunks; the request is cancelled if the consumer stops early, and its
+    uploaded reference (if any) removed once it is over."""
     try:
         async for chunk in handle:
             yield chunk
     finally:
         if not handle.done:
             handle.cancel()
+        cleanup()
 
 
 def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) -> Any:
@@ -253,9 +259,18 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         )
         return response
 
-    async def synthesize(request: SynthesisRequest, media: str, streaming: str | None) -> Any:
-        handle = engine.submit(request)  # EngineBusyError → 503
-        chunks = _chunks(handle)
+    async def synthesize(
+        request: SynthesisRequest,
+        media: str,
+        streaming: str | None,
+        cleanup: Callable[[], None] = lambda: None,
+    ) -> Any:
+        try:
+            handle = engine.submit(request)  # EngineBusyError → 503
+        except BaseException:
+            cleanup()
+            raise
+        chunks = _chunks(handle, cleanup)
         if streaming is None or media not in STREAMABLE:
             parts = [c async for c in chunks]
             samples = np.concatenate([c.samples for c in parts]) if parts else np.zeros(0, "i2")
@@ -283,7 +298,10 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         return engine.model(request.model).sample_rate
 
     def build(
-        params: dict[str, Any], stream: str = "segment", openai: bool = False
+        params: dict[str, Any],
+        stream: str = "segment",
+        openai: bool = False,
+        uploaded: Path | None = None,
     ) -> SynthesisRequest:
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -305,9 +323,9 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
             options = {**entry.options, **options}
             voice, ref = entry.voice, entry.ref_audio
             prompt_text, prompt_lang = entry.prompt_text, entry.prompt_lang
-        elif params.get("ref_audio_path") or state.refer_audio is not None:
+        elif params.get("ref_audio_path") or uploaded or state.refer_audio is not None:
             raw = params.get("ref_audio_path")
-            ref = state.confine(raw, "reference audio") if raw else state.refer_audio
+            ref = uploaded or (state.confine(raw, "reference audio") if raw else state.refer_audio)
             prompt_lang = params.get("prompt_lang")
             if not isinstance(prompt_lang, str) or not prompt_lang:
                 raise HttpError(400, "prompt_lang is required")
@@ -337,7 +355,16 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
     async def tts(params: dict[str, Any]) -> Any:
         media = check_format(str(params.get("media_type") or "wav"))
         streaming = streaming_of(params.get("streaming_mode", False))
-        return await synthesize(build(params, streaming or "segment"), media, streaming)
+        upload = params.pop("ref_audio_base64", None)
+        if upload is None:
+            return await synthesize(build(params, streaming or "segment"), media, streaming)
+        path = _save_upload(upload)
+        try:
+            request = build(params, streaming or "segment", uploaded=path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return await synthesize(request, media, streaming, lambda: path.unlink(missing_ok=True))
 
     @app.get("/tts")
     async def tts_get(request: Request) -> Any:
@@ -463,6 +490,26 @@ def _typed_query(params: dict[str, Any]) -> dict[str, Any]:
     if "ref_free" in out:
         out["ref_free"] = _bool(out["ref_free"], "ref_free")
     return out
+
+
+def _save_upload(data: Any) -> Path:
+    """A base64 reference clip (bounded by the request body limit) in a private temporary
+    file; the caller removes it when the request is over."""
+    import base64
+    import binascii
+    import os
+    import tempfile
+
+    if not isinstance(data, str):
+        raise HttpError(400, "ref_audio_base64 must be a base64 string")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "ref_audio_base64 is not valid base64") from None
+    fd, name = tempfile.mkstemp(prefix="gsv-ref-", suffix=".audio")
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return Path(name)
 
 
 async def _json_object(request: Any) -> dict[str, Any]:
