@@ -270,7 +270,8 @@ _RUNTIME_OPTIONS = [
         "--precision",
         default="fp32",
         show_default=True,
-        help="Graph variant: fp32, fp16, bf16 (OpenVINO), int8.",
+        help="Graph variant: fp32, fp16, bf16 (OpenVINO), int8, auto (per stage from this CPU), "
+        "or per stage: gpt=int8,acoustic=bf16.",
     ),
     click.option(
         "--support",
@@ -849,8 +850,11 @@ def bench_serving_cmd(
         raise InputError("give --bundle DIR --voice NAME, or --random VERSION")
     if random is not None:
         from gsv_bench.assets import random_assets
+        from gsv_runtime.variants import PRECISIONS, parse_precision
 
-        assets = random_assets(random, cache_dir, precisions=(precision,), progress=click.echo)
+        stored = set(parse_precision(precision).values())
+        wanted = tuple(p for p in PRECISIONS if p in stored or ("auto" in stored and p != "fp16"))
+        assets = random_assets(random, cache_dir, precisions=wanted, progress=click.echo)
         voice_dir, voice_root, name = assets.voice_dir, assets.voice_root, assets.voice_name
     else:
         if voice is None:

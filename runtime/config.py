@@ -122,4 +122,5 @@ class RuntimeConfig:
     threads: int | None = None
     """Intra-op threads per graph; None lets the backend use every core."""
     precision: str = "fp32"
-    """Graph variant: fp32, fp16, bf16 (OpenVINO) or int8."""
+    """Graph variant: fp32, fp16, bf16 (OpenVINO), int8, ``auto`` (per stage, from this CPU's
+    ISA) or per stage, e.g. ``gpt=int8,acoustic=bf16`` (see ``gsv_runtime.variants``)."""

@@ -24,6 +24,7 @@ from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import RuntimeConfig, SynthesisConfig
 from gsv_runtime.errors import BackendError, BundleError, InputError
 from gsv_runtime.gpt.t2s import load_t2s
+from gsv_runtime.variants import stage_precision
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,14 +76,6 @@ def resolve_backend(requested: str, bundle: Bundle) -> BackendName:
     )
 
 
-def _precision_for(bundle: Bundle, graph: str, backend: str, precision: str) -> str:
-    fmt = "onnx" if backend == "onnxruntime" else "openvino"
-    if bundle.graph(graph).variant(fmt, precision) is not None:  # type: ignore[arg-type]
-        return precision
-    _LOGGER.info("%s has no %s %s variant; using fp32", graph, backend, precision)
-    return "fp32"
-
-
 class VoiceModel:
     """A voice bundle (and, when needed, its support bundle) compiled on one backend."""
 
@@ -118,17 +111,24 @@ class VoiceModel:
         self.options = RunnerOptions(device=device, threads=self.threads.frontend)
         precision = self.runtime.precision
         gpt_graph = "t2s_prefill" if self.backend == "onnxruntime" else "t2s_decoder"
+        self.precisions = {
+            "gpt": stage_precision(bundle, gpt_graph, "gpt", self.backend, precision),
+            "acoustic": stage_precision(
+                bundle, "sovits_decoder", "acoustic", self.backend, precision
+            ),
+        }
+        """The variant each stage runs (see ``gsv_runtime.variants``)."""
         self.t2s = load_t2s(
             bundle,
             self.backend,
             RunnerOptions(device=device, threads=self.threads.gpt),
-            _precision_for(bundle, gpt_graph, self.backend, precision),
+            self.precisions["gpt"],
         )
         self.acoustic: AcousticStage = load_acoustic(
             bundle,
             self.backend,
             RunnerOptions(device=device, threads=self.threads.acoustic),
-            _precision_for(bundle, "sovits_decoder", self.backend, precision),
+            self.precisions["acoustic"],
         )
         self._support = support
         manifest = bundle.manifest

@@ -1,0 +1,92 @@
+"""Which stored variant each stage runs: one place for the precision choice.
+
+A precision request is ``fp32``/``fp16``/``bf16``/``int8`` for every stage, ``auto``, or per
+stage, e.g. ``gpt=int8,acoustic=bf16``. ``auto`` picks, per stage and backend, the first
+variant the bundle holds from an order set by this CPU's ISA (measured on the 2-core
+AVX-512-VNNI/BF16 EPYC of bench/results: OpenVINO's GPT step is fastest in int8 with VNNI
+(5.5 ms vs 8.4 ms bf16 at context 600) and its SoVITS decoder in bf16 (67 vs 170 ms per audio
+second); onnxruntime gains nothing from int8 on the step here, so it stays fp32).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Final
+
+from gsv_runtime.bundle import Bundle
+from gsv_runtime.errors import InputError
+
+_LOGGER = logging.getLogger(__name__)
+
+PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
+STAGES: Final = ("gpt", "acoustic")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The ISA flags of this CPU (empty where /proc/cpuinfo is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ...]:
+    """Precisions ``auto`` tries for a stage, best first, on this backend and CPU."""
+    if backend != "openvino":
+        return ("fp32",)
+    bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    if stage == "gpt":
+        return (*(("int8",) if vnni else ()), *(("bf16",) if bf16 else ()), "fp32")
+    return (*(("bf16",) if bf16 else ()), "fp32")
+
+
+def parse_precision(spec: str) -> dict[str, str]:
+    """``fp32`` / ``auto`` / ``gpt=int8,acoustic=bf16`` → a precision (or ``auto``) per stage.
+
+    Raises:
+        InputError: an unknown stage or precision.
+    """
+    if "=" not in spec:
+        per = dict.fromkeys(STAGES, spec.strip())
+    else:
+        per = dict.fromkeys(STAGES, "fp32")
+        for part in spec.split(","):
+            stage, _, value = part.partition("=")
+            if stage.strip() not in STAGES:
+                raise InputError(f"precision: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+            per[stage.strip()] = value.strip()
+    for stage, value in per.items():
+        if value not in (*PRECISIONS, "auto"):
+            raise InputError(
+                f"precision for {stage} must be one of {', '.join(PRECISIONS)} or auto, "
+                f"got {value!r}"
+            )
+    return per
+
+
+def stage_precision(bundle: Bundle, graph: str, stage: str, backend: str, requested: str) -> str:
+    """The variant ``graph`` of ``stage`` runs for a precision request (see the module)."""
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    spec = bundle.graph(graph)
+    wanted = parse_precision(requested)[stage]
+    order = auto_order(stage, backend, cpu_flags()) if wanted == "auto" else (wanted,)
+    for precision in order:
+        if spec.variant(fmt, precision) is not None:  # type: ignore[arg-type]
+            return precision
+    if wanted != "auto":
+        _LOGGER.warning(
+            "%s has no %s %s variant; it runs fp32 (re-export with --precision %s)",
+            graph,
+            backend,
+            wanted,
+            wanted,
+        )
+    return "fp32"
