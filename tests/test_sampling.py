@@ -109,3 +109,24 @@ def test_noise_shape_and_missing_rng_are_errors() -> None:
 def test_validate_names_the_field(params: SamplingParams, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         params.validate()
+
+
+def test_eos_is_decided_on_the_penalised_logits() -> None:
+    """EOS ends a row when the argmax of the *penalised* logits is EOS, even if another token
+    wins the sampling race; the raw logits' argmax (token 3 here) must not decide."""
+    from gsv_runtime.gpt.sampling import SamplingParams, decode_step
+
+    v = 8
+    eos = v - 1
+    logits = np.full((1, v), -5.0, np.float32)
+    logits[0, 3], logits[0, eos] = 5.5, 5.0  # raw argmax: 3; penalised (3 seen): 5.5/1.35 < 5
+    previous = np.array([[3]])
+    noise = np.full((1, v), 100.0, np.float32)
+    noise[0, 3] = 1e-6  # token 3 wins the exponential race
+    params = SamplingParams(top_k=None, repetition_penalty=1.35)
+    res = decode_step(logits, previous, 20, params, noise=noise)
+    assert res.tokens[0] == 3 and res.finished[0]
+    res = decode_step(logits, np.array([[0]]), 20, params, noise=noise)  # 3 not penalised
+    assert res.tokens[0] == 3 and not res.finished[0]
+    early = decode_step(logits[:, :], previous, 5, params, noise=noise[:, :-1])
+    assert not early.finished[0]  # EOS is not allowed before step 11
