@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -99,27 +97,6 @@ def _home_relative(path: str) -> str:
     return f"~/{p.relative_to(home)}" if p.is_relative_to(home) else str(p)
 
 
-@contextlib.contextmanager
-def quiet_fds(log_path: Path) -> Iterator[None]:
-    """Send this process's stdout/stderr (C++ warnings included) to ``log_path`` meanwhile."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
 def synthetic_reference(path: Path, seconds: float = REF_SECONDS, rate: int = 32000) -> Path:
     """A voiced-like clip (a vibrato tone with harmonics and a little noise), written once."""
     if path.is_file():
@@ -150,6 +127,8 @@ def _timed(progress: Progress, label: str, log: Path) -> contextlib.AbstractCont
     def run() -> Iterator[None]:
         progress(f"{label} (one-time, cached; log: {log})")
         start = time.perf_counter()
+        from gsv_export.logs import quiet_fds
+
         with quiet_fds(log):
             yield
         progress(f"{label}: done in {time.perf_counter() - start:.0f} s")

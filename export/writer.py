@@ -107,6 +107,9 @@ def staging_dir(out: Path, voices: str = "refuse") -> Iterator[Path]:
     saved = check_voices(out, voices)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
     try:
         yield tmp
         if saved and voices == "keep":

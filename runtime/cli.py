@@ -77,9 +77,16 @@ def make_checkpoint_cmd(version: str, out_dir: Path, size: str, seed: int, fp32:
 def demo_cmd(out: Path, version: str, size: str, verify: bool) -> None:
     """Random checkpoints → export → speech on every installed backend, with RTF."""
     from gsv_export.demo import run_demo
+    from gsv_export.logs import quiet_export
 
-    for line in run_demo(out, version, size, verify, progress=click.echo):
-        click.echo(line)
+    with quiet_export(_export_log(out)) as progress:
+        for line in run_demo(out, version, size, verify, progress=progress):
+            progress(line)
+
+
+def _export_log(out: Path) -> Path:
+    """Where an export's library output (torch/ONNX/OpenVINO warnings) goes: beside ``out``."""
+    return out.resolve().parent / f".{out.name}.export.log"
 
 
 @main.command("inspect")
@@ -160,18 +167,20 @@ def export_cmd(
 ) -> None:
     """Export a voice (GPT + SoVITS checkpoints) to an ONNX/OpenVINO bundle."""
     from gsv_export import export_bundle
+    from gsv_export.logs import quiet_export
 
-    export_bundle(
-        gpt,
-        sovits,
-        out,
-        formats=_csv(formats),
-        precisions=_csv(precisions),
-        verify=verify,
-        support=str(support) if support else None,
-        voices=voices or "refuse",
-        progress=click.echo,
-    )
+    with quiet_export(_export_log(out)) as progress:
+        export_bundle(
+            gpt,
+            sovits,
+            out,
+            formats=_csv(formats),
+            precisions=_csv(precisions),
+            verify=verify,
+            support=str(support) if support else None,
+            voices=voices or "refuse",
+            progress=progress,
+        )
 
 
 @main.command("export-support")
@@ -203,17 +212,19 @@ def export_support_cmd(
 ) -> None:
     """Export the models all voices share (HuBERT, BERT, speaker model) to a support bundle."""
     from gsv_export import export_support_bundle
+    from gsv_export.logs import quiet_export
 
-    export_support_bundle(
-        hubert,
-        bert,
-        out,
-        sv=sv,
-        formats=_csv(formats),
-        precisions=_csv(precisions),
-        verify=verify,
-        progress=click.echo,
-    )
+    with quiet_export(_export_log(out)) as progress:
+        export_support_bundle(
+            hubert,
+            bert,
+            out,
+            sv=sv,
+            formats=_csv(formats),
+            precisions=_csv(precisions),
+            verify=verify,
+            progress=progress,
+        )
 
 
 _G2PW_OPTION = click.option(
