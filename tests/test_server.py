@@ -354,3 +354,23 @@ def test_reference_upload_is_bounded_and_removed(served) -> None:
     r = httpx.post(f"{running.url}/tts", json={**body, "ref_audio_base64": junk}, timeout=30)
     assert r.status_code == 400 and "cannot read audio" in r.json()["message"]
     assert set(glob.glob(pattern)) == before
+
+
+@pytest.mark.parametrize("media", ["mp3", "opus", "aac"])
+def test_compressed_formats_stream(served, media: str) -> None:
+    from gsv_runtime.server.media import StreamEncoder
+
+    tone = (8000 * np.sin(np.arange(3 * 32000) / 10)).astype(np.int16)
+    encoder = StreamEncoder(media, 32000)
+    parts = [encoder.feed(tone[i : i + 32000]) for i in range(0, len(tone), 32000)]
+    parts.append(encoder.close())
+    assert sum(1 for p in parts[:-1] if p) >= 2  # bytes leave while audio still comes in
+    running, _ = served
+    query = {"text": "你好。我们走吧。", "text_lang": "zh", "voice": "calm", "media_type": media}
+    r = httpx.get(f"{running.url}/tts", params={**query, "streaming_mode": "1"}, timeout=60)
+    assert r.status_code == 200, r.text
+    if media == "aac":
+        assert r.content[:2] == b"\xff\xf1"
+    else:
+        samples, _ = sf.read(io.BytesIO(r.content))
+        assert len(samples) > 32000

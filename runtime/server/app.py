@@ -18,7 +18,7 @@ Deliberate differences from upstream api_v2 (its behaviour in brackets):
 - accepted and ignored (no meaning for v1–v2ProPlus bundles): ``batch_threshold``,
   ``split_bucket``, ``parallel_infer``, ``sample_steps``, ``super_sampling``, ``cfg_rate``,
   ``use_cuda_graph``; ``streaming_mode`` 2 and 3 both stream token windows (see the engine);
-- streaming is offered for wav and raw; other media types are encoded whole;
+- wav, raw, mp3, opus and aac stream; ogg (Vorbis) and flac are encoded whole;
 - extensions: ``voice`` (a configured voice instead of a reference path) and
   ``ref_audio_base64`` (a reference clip in the POST body, bounded by the body limit).
 """
@@ -51,9 +51,9 @@ from gsv_runtime.errors import (
 from gsv_runtime.server.media import (
     CONTENT_TYPES,
     STREAMABLE,
+    StreamEncoder,
     check_format,
     encode,
-    wav_stream_header,
 )
 from gsv_runtime.server.voices import VoiceCatalog
 
@@ -282,14 +282,14 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         except StopAsyncIteration:
             first = None
 
+        encoder = StreamEncoder(media, first.sample_rate if first else request_rate(request))
+
         async def body() -> AsyncIterator[bytes]:
-            if media == "wav":
-                rate = first.sample_rate if first else request_rate(request)
-                yield wav_stream_header(rate)
             if first is not None:
-                yield first.samples.astype("<i2").tobytes()
+                yield encoder.feed(first.samples)
             async for chunk in chunks:
-                yield chunk.samples.astype("<i2").tobytes()
+                yield encoder.feed(chunk.samples)
+            yield encoder.close()
             state.metrics.finished(handle)
 
         return StreamingResponse(body(), media_type=CONTENT_TYPES[media])

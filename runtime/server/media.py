@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -32,7 +32,10 @@ CONTENT_TYPES: Final = {
     "mp3": "audio/mpeg",
     "aac": "audio/aac",
 }
-STREAMABLE: Final = ("wav", "raw", "pcm")
+STREAMABLE: Final = ("wav", "raw", "pcm", "mp3", "opus", "aac")
+"""Formats sent chunk by chunk. ogg (Vorbis) is not: the Vorbis encoder in PyAV's ffmpeg is
+experimental; nor flac: a FLAC stream header needs the total length."""
+_PYAV: Final = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus"), "aac": ("adts", "aac")}
 OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
 
 
@@ -94,6 +97,80 @@ def _aac(samples: np.ndarray, rate: int) -> bytes:
         for packet in stream.encode(None):
             container.mux(packet)
     return buf.getvalue()
+
+
+class _Sink:
+    """A write-only file for PyAV: a stream cannot seek back to patch headers."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+class StreamEncoder:
+    """Encodes int16 mono chunks as they come: ``feed`` and ``close`` return the bytes ready.
+
+    wav: a header with unknown sizes, then PCM; raw/pcm: PCM; mp3, opus (Ogg, 48 kHz, pages of
+    0.1 s) and aac (ADTS): PyAV.
+    """
+
+    def __init__(self, media: str, rate: int) -> None:
+        check_format(media)
+        if media not in STREAMABLE:
+            raise InputError(f"{media} cannot be streamed; stream wav, raw, mp3, opus or aac")
+        self.media, self.rate = media, rate
+        self._header = wav_stream_header(rate) if media == "wav" else b""
+        self._container: Any = None
+        if media in _PYAV:
+            import av
+
+            fmt, codec = _PYAV[media]
+            self._sink = _Sink()
+            options = {"page_duration": "100000"} if fmt == "ogg" else {}
+            self._container = av.open(self._sink, "w", format=fmt, options=options)
+            out_rate = 48000 if media == "opus" else rate
+            self._stream = self._container.add_stream(codec, rate=out_rate)
+            self._stream.layout = "mono"
+            self._resampler = av.AudioResampler(
+                format=self._stream.format.name, layout="mono", rate=out_rate
+            )
+
+    def feed(self, samples: np.ndarray) -> bytes:
+        head, self._header = self._header, b""
+        if self._container is None:
+            return head + np.asarray(samples, "<i2").tobytes()
+        import av
+
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, np.int16)[None], format="s16", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        self._encode(self._resampler.resample(frame))
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        head, self._header = self._header, b""
+        if self._container is None:
+            return head
+        self._encode(self._resampler.resample(None))
+        self._encode([None])
+        self._container.close()
+        return self._sink.take()
+
+    def _encode(self, frames: Any) -> None:
+        for frame in frames:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
 
 
 def wav_stream_header(rate: int) -> bytes:
