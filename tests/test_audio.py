@@ -92,3 +92,11 @@ def test_write_wav_is_atomic(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot write"):
         write_wav(tmp_path / "no-such-dir" / "x.wav", data, 32000)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+
+
+def test_spectrogram_floor_is_upstreams_epsilon() -> None:
+    """Silence gives sqrt(1e-8) in every bin, as upstream's spectrogram_torch."""
+    from gsv_runtime.audio_features import linear_spectrogram
+
+    spec = linear_spectrogram(np.zeros(32000, np.float32))
+    np.testing.assert_allclose(spec, 1e-4, rtol=1e-3)

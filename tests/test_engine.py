@@ -347,3 +347,16 @@ def test_backend_fault_fails_its_requests_and_engine_goes_on(tiny_bundle, voices
         assert _eventually(lambda: s.engine.stats()["in_flight"] == 0)
     finally:
         s.close()
+
+
+def test_seeds_change_sampled_tokens(synth: Synthesizer, voices) -> None:
+    """Sampling noise comes from the request's seed: other seeds, other tokens (a constant or
+    shared noise source would make them equal)."""
+    runs = [
+        synth.synthesize(
+            TEXTS[3], "zh", voices[0], seed=s, top_k=15, fixed_length=40, noise_scale=0
+        )
+        for s in (1, 2, 1)
+    ]
+    assert not np.array_equal(runs[0].samples, runs[1].samples)
+    np.testing.assert_array_equal(runs[0].samples, runs[2].samples)

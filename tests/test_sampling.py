@@ -130,3 +130,14 @@ def test_eos_is_decided_on_the_penalised_logits() -> None:
     assert res.tokens[0] == 3 and not res.finished[0]
     early = decode_step(logits[:, :], previous, 5, params, noise=noise[:, :-1])
     assert not early.finished[0]  # EOS is not allowed before step 11
+
+
+def test_top_p_keeps_the_token_that_reaches_it_exactly() -> None:
+    """Upstream drops a token only when the cumulative mass *exceeds* top_p: the token whose
+    cumulative mass equals it stays."""
+    from gsv_runtime.gpt.sampling import _softmax, filter_top_p
+
+    logits = np.array([[2.0, 1.0, 0.5, -1.0]], np.float32)
+    boundary = float(np.cumsum(_softmax(logits), axis=-1)[0, 1])
+    kept = np.isfinite(filter_top_p(logits, boundary))
+    assert kept.tolist() == [[True, True, False, False]]
