@@ -100,6 +100,30 @@ def test_api_v2_docstring_examples(served) -> None:
     assert rate == 32000 and len(samples) > 32000
 
 
+def test_tts_splits_like_api_v2_by_default(served) -> None:
+    """api_v2 defaults ``text_split_method`` to cut5 (TTS.run: cut1); the OpenAI route keeps
+    the runtime default and takes the language extension ``lang``."""
+    running, _ = served
+    text = "你好，世界。今天，天气很好。"
+    base = {"text": text, "text_lang": "zh", "voice": "calm", "seed": 3, "media_type": "raw"}
+
+    def tts(**extra: str) -> bytes:
+        r = httpx.post(f"{running.url}/tts", json=base | extra, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.content
+
+    default = tts()
+    assert default == tts(text_split_method="cut5")
+    assert default != tts(text_split_method="cut1")
+    r = httpx.post(
+        f"{running.url}/v1/audio/speech",
+        json={"input": text, "voice": "calm", "response_format": "pcm", "seed": 3, "lang": "zh"},
+        timeout=60,
+    )
+    cut1 = tts(text_split_method="cut1")
+    assert r.status_code == 200 and r.content == cut1
+
+
 @pytest.mark.parametrize("media", ["raw", "ogg", "aac", "flac"])
 def test_media_types(served, media: str) -> None:
     running, _ = served

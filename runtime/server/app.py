@@ -77,6 +77,8 @@ IGNORED: Final = frozenset(
 )
 """api_v2 options without meaning for these models: accepted and ignored."""
 OPENAI_FORMATS: Final = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+API_V2_DEFAULTS: Final = {"text_split_method": "cut5"}
+"""Where api_v2's request model defaults differ from the runtime's (upstream TTS.run's)."""
 
 
 @dataclass
@@ -302,6 +304,7 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         stream: str = "segment",
         openai: bool = False,
         uploaded: Path | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> SynthesisRequest:
         text = params.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -309,7 +312,8 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         lang = params.get("text_lang")
         if not isinstance(lang, str) or not lang:
             raise HttpError(400, "text_lang is required")
-        options = _options(params)
+        explicit = _options(params)
+        options = {**(defaults or {}), **explicit}
         named = params.get("voice")
         model = params.get("model") if params.get("model") in catalog.models else None
         voice: Any = None
@@ -320,7 +324,7 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
             if entry is None:
                 raise HttpError(400, f"unknown voice {named!r}; see /v1/audio/voices")
             model = entry.model
-            options = {**entry.options, **options}
+            options = {**(defaults or {}), **entry.options, **explicit}
             voice, ref = entry.voice, entry.ref_audio
             prompt_text, prompt_lang = entry.prompt_text, entry.prompt_lang
         elif params.get("ref_audio_path") or uploaded or state.refer_audio is not None:
@@ -357,10 +361,11 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         streaming = streaming_of(params.get("streaming_mode", False))
         upload = params.pop("ref_audio_base64", None)
         if upload is None:
-            return await synthesize(build(params, streaming or "segment"), media, streaming)
+            request = build(params, streaming or "segment", defaults=API_V2_DEFAULTS)
+            return await synthesize(request, media, streaming)
         path = _save_upload(upload)
         try:
-            request = build(params, streaming or "segment", uploaded=path)
+            request = build(params, streaming or "segment", uploaded=path, defaults=API_V2_DEFAULTS)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -388,7 +393,8 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         speed = body.pop("speed", None)
         body.pop("instructions", None)
         stream_format = body.pop("stream_format", None)
-        params = {**body, "text": text, "text_lang": body.pop("lang", "auto")}
+        lang = body.pop("lang", "auto")
+        params = {**body, "text": text, "text_lang": lang}
         if speed is not None:
             params["speed_factor"] = speed
         streaming = "segment" if stream_format == "audio" else None
