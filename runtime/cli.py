@@ -660,6 +660,24 @@ def _tts_batch(
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads per graph.")
 @click.option("--precision", default="fp32", show_default=True)
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Serve on Ray Serve: engine replicas behind the same routes (extra gsv-rt[ray]).",
+)
+@click.option("--ray-address", help="Join this Ray cluster (default: start one on this machine).")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Engine replicas (--ray).")
+@click.option("--max-replicas", type=int, help="Autoscale up to this many replicas (--ray).")
+@click.option("--replica-cpus", type=float, default=1.0, show_default=True, help="CPUs/replica.")
+@click.option("--replica-gpus", type=float, default=0.0, show_default=True, help="GPUs/replica.")
+@click.option(
+    "--voices-per-replica",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Bundles a replica keeps loaded (least recently used unloaded first).",
+)
 def serve_cmd(
     voices_file: Path | None,
     bundles: tuple[Path, ...],
@@ -673,6 +691,13 @@ def serve_cmd(
     device: str,
     threads: int | None,
     precision: str,
+    use_ray: bool,
+    ray_address: str | None,
+    replicas: int,
+    max_replicas: int | None,
+    replica_cpus: float,
+    replica_gpus: float,
+    voices_per_replica: int,
 ) -> None:
     """Serve voices over HTTP: upstream api_v2 (/tts) and OpenAI (/v1/audio/speech)."""
     from gsv_runtime.config import RuntimeConfig
@@ -685,6 +710,33 @@ def serve_cmd(
         if not folder.is_dir():
             raise InputError(f"--allow-dir {folder}: no such folder")
     runtime = RuntimeConfig(backend=backend, device=device, threads=threads, precision=precision)
+    if use_ray:
+        from gsv_runtime.server.ray_serve import (
+            GatewaySetup,
+            RayServeOptions,
+            build_app,
+            run_local,
+        )
+
+        options = RayServeOptions(
+            replicas=replicas,
+            max_replicas=max_replicas,
+            replica_cpus=replica_cpus,
+            replica_gpus=replica_gpus,
+            voices_per_replica=voices_per_replica,
+            max_queued_requests=max_queued,
+        )
+        setup = GatewaySetup(
+            voices_file,
+            tuple(bundles),
+            ServerSettings(allow_dirs=tuple(allow_dirs), api_key=api_key),
+            options.retries,
+        )
+        engine_config = EngineConfig(max_queued=max_queued, max_rows=max_rows)
+        app = build_app(setup, runtime, engine_config, options)
+        click.echo(f"serving on Ray Serve, {replicas} replica(s), http://{host}:{port}", err=True)
+        run_local(app, host, port, ray_address)
+        return
     catalog = load_catalog(voices_file, list(bundles), runtime)
     engine = Engine(dict(catalog.models), EngineConfig(max_queued=max_queued, max_rows=max_rows))
     settings = ServerSettings(allow_dirs=tuple(allow_dirs), api_key=api_key)

@@ -25,6 +25,10 @@ class EngineBusyError(GsvError):
     """The engine's request queue is full; retry later (HTTP 503 with Retry-After)."""
 
 
+class ServiceUnavailableError(GsvError):
+    """No replica could finish the request (one was lost mid-request); retry (HTTP 503)."""
+
+
 class RequestCancelledError(GsvError):
     """The request was cancelled (by its client, or because the engine is shutting down)."""
 

@@ -33,20 +33,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import SynthesisConfig
-from gsv_runtime.engine import AudioChunk, Engine, RequestHandle, SynthesisRequest, VoiceModel
+from gsv_runtime.engine import AudioChunk, SynthesisRequest, VoiceModel
 from gsv_runtime.errors import (
     BackendError,
     BundleError,
     EngineBusyError,
     GsvError,
     RequestTimeoutError,
+    ServiceUnavailableError,
 )
 from gsv_runtime.server.media import (
     CONTENT_TYPES,
@@ -81,6 +83,36 @@ API_V2_DEFAULTS: Final = {"text_split_method": "cut5"}
 """Where api_v2's request model defaults differ from the runtime's (upstream TTS.run's)."""
 
 
+class StreamHandle(Protocol):
+    """What the routes need of a submitted request (``RequestHandle`` in one process)."""
+
+    timings: dict[str, float]
+    metadata: dict[str, Any]
+
+    @property
+    def done(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]: ...
+
+
+class EngineClient(Protocol):
+    """What the routes need of an engine: the local ``Engine``, or an adapter that forwards to
+    remote replicas (``gsv_runtime.server.ray_serve``)."""
+
+    @property
+    def models(self) -> dict[str, Any]: ...
+
+    def model(self, name: str | None = None) -> Any: ...
+
+    def add_model(self, name: str, model: Any) -> None: ...
+
+    def submit(self, request: SynthesisRequest) -> StreamHandle: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
 @dataclass
 class ServerSettings:
     """What a deployment decides: allowed folders, key, bounds."""
@@ -107,7 +139,7 @@ class HttpError(Exception):
 
 def status_of(exc: GsvError) -> int:
     """HTTP status of a project error."""
-    if isinstance(exc, EngineBusyError):
+    if isinstance(exc, (EngineBusyError, ServiceUnavailableError)):
         return 503
     if isinstance(exc, RequestTimeoutError):
         return 504
@@ -118,7 +150,7 @@ def status_of(exc: GsvError) -> int:
 
 @dataclass
 class _State:
-    engine: Engine
+    engine: EngineClient
     catalog: VoiceCatalog
     settings: ServerSettings
     default_model: str | None = None
@@ -201,7 +233,7 @@ _REQUEST_KEYS: Final = frozenset(
 )
 
 
-async def _chunks(handle: RequestHandle, cleanup: Callable[[], None]) -> AsyncIterator[AudioChunk]:
+async def _chunks(handle: StreamHandle, cleanup: Callable[[], None]) -> AsyncIterator[AudioChunk]:
     """The handle's chunks; the request is cancelled if the consumer stops early, and its
     uploaded reference (if any) removed once it is over."""
     try:
@@ -213,7 +245,7 @@ async def _chunks(handle: RequestHandle, cleanup: Callable[[], None]) -> AsyncIt
         cleanup()
 
 
-def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) -> Any:
+def create_app(engine: EngineClient, catalog: VoiceCatalog, settings: ServerSettings) -> Any:
     """The FastAPI application serving ``engine``'s models and ``catalog``'s voices."""
     state = _State(engine, catalog, settings, next(iter(catalog.models), None))
     state.metrics = _Metrics(engine)
@@ -429,11 +461,9 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         folder = state.confine(weights_path, "bundle")
         from fastapi.concurrency import run_in_threadpool
 
-        from gsv_runtime.bundle import Bundle
-
-        runtime = next(iter(catalog.models.values())).runtime if catalog.models else None
+        opener = catalog.open_model or (lambda b: VoiceModel(Bundle.load(b)))
         try:
-            model = await run_in_threadpool(lambda: VoiceModel(Bundle.load(folder), runtime))
+            model = await run_in_threadpool(opener, folder)
         except (BundleError, BackendError) as exc:
             raise HttpError(400, f"change {which} weight failed: {exc}") from None
         engine.add_model(folder.name, model)
@@ -459,7 +489,9 @@ def create_app(engine: Engine, catalog: VoiceCatalog, settings: ServerSettings) 
         command = request.query_params.get("command")
         if command is None and request.method == "POST":
             command = (await _json_object(request)).get("command")
-        if command == "exit" and settings.shutdown is not None:
+        if command == "exit":
+            if settings.shutdown is None:
+                raise HttpError(400, "exit is not supported by this deployment")
             settings.shutdown()
             return {"message": "success"}
         if command == "restart":
@@ -531,7 +563,7 @@ async def _json_object(request: Any) -> dict[str, Any]:
 class _Metrics:
     """Prometheus metrics of one app (its own registry)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineClient) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
@@ -548,7 +580,7 @@ class _Metrics:
             registry=self.registry,
         )
         self.audio = Counter("gsv_audio_seconds", "Audio produced", registry=self.registry)
-        for key in ("in_flight", "live_rows", "acoustic_queue"):
+        for key in engine.stats():
             gauge = Gauge(f"gsv_engine_{key}", f"Engine {key}", registry=self.registry)
             gauge.set_function(lambda key=key: engine.stats()[key])
 
@@ -557,7 +589,7 @@ class _Metrics:
         self.requests.labels(known, str(status)).inc()
         self.latency.labels(known).observe(seconds)
 
-    def finished(self, handle: RequestHandle) -> None:
+    def finished(self, handle: StreamHandle) -> None:
         total = handle.timings.get("total")
         segments = handle.metadata.get("segments", [])
         rate = handle.metadata.get("sample_rate")

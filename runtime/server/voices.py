@@ -16,6 +16,7 @@ command line.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,20 @@ class ServerVoice:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+ModelOpener = Callable[[Path], Any]
+"""Bundle folder → the model object the engine runs (a ``VoiceModel`` in one process)."""
+
+
 @dataclass
 class VoiceCatalog:
     """Loaded models by name and the voices on them."""
 
-    models: dict[str, VoiceModel] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
     voices: dict[str, ServerVoice] = field(default_factory=dict)
     default: str | None = None
     """The voice used when a request names none (api_v2 requests name a reference instead)."""
+    open_model: ModelOpener | None = None
+    """How this catalog opened its bundles; ``/set_*_weights`` opens new ones the same way."""
 
 
 def _model_name(bundle: Path) -> str:
@@ -62,20 +69,21 @@ def load_catalog(
     voices_file: Path | None,
     bundles: list[Path],
     runtime: RuntimeConfig,
+    open_model: ModelOpener | None = None,
 ) -> VoiceCatalog:
-    """Compile every bundle once and list the voices.
+    """Open every bundle once (default: compile it here) and list the voices.
 
     Raises:
         InputError: an unreadable or malformed voices file, a voice with neither a saved voice
             nor a reference, an unknown option.
         BundleError, BackendError: a bundle that cannot run here.
     """
-    catalog = VoiceCatalog()
+    catalog = VoiceCatalog(open_model=open_model or (lambda b: VoiceModel(Bundle.load(b), runtime)))
 
     def model_for(bundle: Path) -> str:
         name = _model_name(bundle)
         if name not in catalog.models:
-            catalog.models[name] = VoiceModel(Bundle.load(bundle), runtime)
+            catalog.models[name] = catalog.open_model(bundle)
         return name
 
     for bundle in bundles:
