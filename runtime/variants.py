@@ -11,14 +11,11 @@ second); onnxruntime gains nothing from int8 on the step here, so it stays fp32)
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
 from typing import Final
 
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import InputError
-
-_LOGGER = logging.getLogger(__name__)
+from gsv_runtime.errors import BundleError, InputError
 
 PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
 STAGES: Final = ("gpt", "acoustic")
@@ -73,7 +70,13 @@ def parse_precision(spec: str) -> dict[str, str]:
 
 
 def stage_precision(bundle: Bundle, graph: str, stage: str, backend: str, requested: str) -> str:
-    """The variant ``graph`` of ``stage`` runs for a precision request (see the module)."""
+    """The variant ``graph`` of ``stage`` runs for a precision request (see the module).
+
+    Raises:
+        InputError: a malformed request.
+        BundleError: an explicit precision the bundle does not hold for this backend (never a
+            silent fp32 in its place).
+    """
     fmt = "onnx" if backend == "onnxruntime" else "openvino"
     spec = bundle.graph(graph)
     wanted = parse_precision(requested)[stage]
@@ -81,12 +84,10 @@ def stage_precision(bundle: Bundle, graph: str, stage: str, backend: str, reques
     for precision in order:
         if spec.variant(fmt, precision) is not None:  # type: ignore[arg-type]
             return precision
-    if wanted != "auto":
-        _LOGGER.warning(
-            "%s has no %s %s variant; it runs fp32 (re-export with --precision %s)",
-            graph,
-            backend,
-            wanted,
-            wanted,
-        )
-    return "fp32"
+    if wanted == "auto":
+        return "fp32"
+    held = sorted({v.precision for v in spec.variants if v.format == fmt}) or ["none"]
+    raise BundleError(
+        f"{bundle.root}: {graph} has no {backend} {wanted} variant (it holds "
+        f"{', '.join(held)}); choose one of those, auto, or re-export with --precision {wanted}"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import InputError
+from gsv_runtime.errors import BundleError, InputError
 from gsv_runtime.variants import auto_order, parse_precision, stage_precision
 
 
@@ -26,9 +26,11 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("gpt", "onnxruntime", amx) == ("fp32",)
 
 
-def test_stage_precision_takes_what_the_bundle_holds(tiny_bundle, caplog) -> None:
+def test_stage_precision_takes_what_the_bundle_holds(tiny_bundle) -> None:
     bundle = Bundle.load(tiny_bundle("v2"))  # fp32 only
     assert stage_precision(bundle, "t2s_decoder", "gpt", "openvino", "auto") == "fp32"
-    with caplog.at_level("WARNING"):
-        assert stage_precision(bundle, "sovits_decoder", "acoustic", "openvino", "bf16") == "fp32"
-    assert "no openvino bf16 variant" in caplog.text
+    assert stage_precision(bundle, "sovits_decoder", "acoustic", "openvino", "fp32") == "fp32"
+    with pytest.raises(BundleError, match=r"no openvino bf16 variant \(it holds fp32\)"):
+        stage_precision(bundle, "sovits_decoder", "acoustic", "openvino", "bf16")
+    with pytest.raises(BundleError, match="no onnxruntime int8 variant"):
+        stage_precision(bundle, "t2s_prefill", "gpt", "onnxruntime", "gpt=int8")
