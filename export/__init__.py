@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gsv_export.graph_io import FORMATS, PRECISIONS
+from gsv_export.graph_io import FORMATS, PRECISIONS, share_onnx_weights
 from gsv_export.parity import ParityReport
 from gsv_export.writer import check_voices, staging_dir, write_manifest
 from gsv_runtime.bundle import Manifest
@@ -164,6 +164,7 @@ def export_bundle(
             graphs = export_gpt_graphs(gpt_model, work, fmts, precs)
         with _stage(progress, "exporting SoVITS graphs"):
             graphs.update(export_sovits_graphs(sovits_model, work, fmts, precs))
+        share_onnx_weights(work, graphs)  # before the parity check, which reads the final files
         report = ParityReport()
         if verify:
             with _stage(progress, "checking parity against PyTorch"):

@@ -8,7 +8,7 @@ declaration.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -129,6 +129,86 @@ def onnx_files(path: Path) -> list[Path]:
     """The files an ONNX graph consists of (the graph and its external data, if any)."""
     data = path.with_name(path.name + ".data")
     return [path, data] if data.exists() else [path]
+
+
+def share_onnx_weights(root: Path, graphs: dict[str, GraphSpec]) -> dict[str, int]:
+    """Store every external initializer of the bundle's ONNX graphs once per precision.
+
+    The GPT's prefill, step and GQA-step graphs hold the same weights; each graph's own
+    ``.onnx.data`` would store them three times (3 × 310 MB for a full-size fp32 GPT). Tensors
+    with identical bytes, shape and type are written once to ``onnx/weights[-<precision>].data``
+    (each at a page-aligned offset) and every graph points there; the per-graph data files go.
+
+    Returns:
+        Bytes of external data per precision after sharing.
+    """
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    by_precision: dict[str, list[Path]] = {}
+    for spec in graphs.values():
+        for v in spec.variants:
+            if v.format == "onnx":
+                by_precision.setdefault(v.precision, []).append(root / v.path)
+    sizes: dict[str, int] = {}
+    for precision, paths in sorted(by_precision.items()):
+        models = [(p, onnx.load(str(p), load_external_data=False)) for p in paths]
+        external = [(p, m) for p, m in models if any(map(uses_external_data, _tensors(m.graph)))]
+        if not external:
+            continue
+        folder = external[0][0].parent
+        name = "weights.data" if precision == "fp32" else f"weights-{precision}.data"
+        offsets: dict[bytes, tuple[int, int]] = {}
+        old_files: set[Path] = set()
+        tmp = folder / (name + ".tmp")
+        with tmp.open("wb") as out:
+            for path, model in external:
+                for tensor in _tensors(model.graph):
+                    if not uses_external_data(tensor):
+                        continue
+                    info = {e.key: e.value for e in tensor.external_data}
+                    source = path.parent / info["location"]
+                    old_files.add(source)
+                    with source.open("rb") as f:
+                        f.seek(int(info.get("offset", 0)))
+                        raw = f.read(int(info["length"]))
+                    key = hashlib.sha256(
+                        raw + repr((tensor.data_type, tuple(tensor.dims))).encode()
+                    ).digest()
+                    if key not in offsets:
+                        out.seek(-out.tell() % 4096, 1)
+                        offsets[key] = (out.tell(), len(raw))
+                        out.write(raw)
+                    offset, length = offsets[key]
+                    del tensor.external_data[:]
+                    for k, v in (("location", name), ("offset", offset), ("length", length)):
+                        entry = tensor.external_data.add()
+                        entry.key, entry.value = k, str(v)
+            sizes[precision] = out.tell()
+        tmp.replace(folder / name)
+        for path, model in external:
+            onnx.save_model(model, str(path))
+        for stale in old_files - {folder / name}:
+            stale.unlink(missing_ok=True)
+        for path, _ in external:
+            onnx.checker.check_model(str(path))
+    return sizes
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every stored tensor of an ONNX graph: initializers and node attributes, subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
 
 
 def to_openvino(onnx_path: Path, xml_path: Path, fp16_weights: bool = False) -> Path:

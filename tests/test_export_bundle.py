@@ -99,3 +99,43 @@ def test_cli_export_verifies_and_reports(tiny_voice, tmp_path: Path) -> None:
     )
     assert bad.exit_code == 1 and bad.stderr.startswith("error: ")
     assert bad.stderr.strip().count("\n") == 0
+
+
+def test_onnx_graphs_share_one_weight_file(tmp_path: Path) -> None:
+    """Graphs holding the same weights (the GPT's prefill, step and GQA step) store them once."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from gsv_export.graph_io import share_onnx_weights
+    from gsv_runtime.bundle import GraphFile, GraphSpec
+
+    torch.manual_seed(0)
+    shared, own = torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)
+    modules = {"a": torch.nn.Sequential(shared), "b": torch.nn.Sequential(shared, own)}
+    x = torch.randn(2, 64)
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    graphs, expected = {}, {}
+    for name, module in modules.items():
+        path = folder / f"{name}.onnx"
+        torch.onnx.export(module, (x,), str(path), input_names=["x"], dynamo=False)
+        model = onnx.load(str(path))
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, location=f"{name}.onnx.data",
+            size_threshold=0,
+        )  # fmt: skip
+        (expected[name],) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
+        graphs[name] = GraphSpec({}, {}, (GraphFile("onnx", "fp32", f"onnx/{name}.onnx"),))
+    before = sum(f.stat().st_size for f in folder.glob("*.data"))
+
+    sizes = share_onnx_weights(tmp_path, graphs)
+
+    assert sorted(p.name for p in folder.iterdir()) == ["a.onnx", "b.onnx", "weights.data"]
+    weights = 64 * 64 * 4 + 64 * 4 + 32 * 64 * 4 + 32 * 4
+    assert weights <= sizes["fp32"] < before and sizes["fp32"] < weights + 4 * 4096
+    for name in modules:
+        session = ort.InferenceSession(str(folder / f"{name}.onnx"))
+        (got,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_array_equal(got, expected[name])
