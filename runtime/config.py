@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Final
 
 from gsv_runtime.errors import InputError
@@ -124,3 +126,17 @@ class RuntimeConfig:
     precision: str = "fp32"
     """Graph variant: fp32, fp16, bf16 (OpenVINO), int8, ``auto`` (per stage, from this CPU's
     ISA) or per stage, e.g. ``gpt=int8,acoustic=bf16`` (see ``gsv_runtime.variants``)."""
+    cache_dir: str | None = field(default_factory=lambda: default_cache_dir())
+    """OpenVINO compiled-model cache folder (None: none); see :func:`default_cache_dir`."""
+
+
+def default_cache_dir() -> str | None:
+    """``$GSV_CACHE_DIR`` (empty or ``off``: no cache), else ``~/.cache/gsv-rt/compiled``.
+
+    OpenVINO compiles a full-size v2 voice in about 3.7 s on a 2-core CPU and imports the cached
+    blobs in 0.8 s; the blobs take about as much disk as the weights they were compiled from.
+    """
+    value = os.environ.get("GSV_CACHE_DIR")
+    if value is None:
+        return str(Path.home() / ".cache" / "gsv-rt" / "compiled")
+    return None if value.strip().lower() in ("", "off") else value

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests compile throw-away bundles: no compiled-model cache in the user's home
+# (tests/test_compile_cache.py turns it on in a temporary folder).
+os.environ["GSV_CACHE_DIR"] = "off"
 
 VERSIONS = ["v1", "v2", "v2Pro", "v2ProPlus"]
 

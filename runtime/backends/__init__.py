@@ -36,6 +36,10 @@ class RunnerOptions:
     """Intra-op threads; keep ``threads × parallel workers`` within the physical cores."""
     precision_hint: str = "f32"
     """OpenVINO inference precision (f32 for parity; bf16/f16 for speed where supported)."""
+    cache_dir: Path | None = None
+    """OpenVINO compiled-model cache (None: compile on every load). A graph's blobs go to a
+    subfolder keyed by its files' path, size and mtime, so a re-exported bundle never meets a
+    stale blob."""
 
 
 def available_backends() -> list[BackendName]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,34 +16,61 @@ from gsv_runtime.errors import BackendError, first_line
 _LOGGER = logging.getLogger(__name__)
 
 
+def cache_folder(root: Path, graph: Path) -> Path:
+    """Where ``graph``'s compiled blobs are cached: keyed by its files' identity (path, size,
+    mtime), which changes whenever the graph is written again."""
+    parts = []
+    for f in (graph, graph.with_suffix(".bin")):
+        if f.exists():
+            st = f.stat()
+            parts.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+    return root / f"{graph.stem}-{key}"
+
+
+def compile_model(
+    path: Path, options: RunnerOptions, extra: dict[str, object] | None = None
+) -> Any:
+    """``core.compile_model`` with the LATENCY hint, the options' precision, threads and
+    cache, plus ``extra`` properties.
+
+    Raises:
+        BackendError: OpenVINO missing, the device absent, or the compile failed.
+    """
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise BackendError("OpenVINO is not installed (pip install openvino)") from exc
+    device = options.device.upper()
+    config: dict[str, object] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        # this CPU defaults to bf16 (AMX); parity needs f32 unless asked otherwise
+        "INFERENCE_PRECISION_HINT": options.precision_hint,
+        **(extra or {}),
+    }
+    if options.threads:
+        config["INFERENCE_NUM_THREADS"] = options.threads
+    if options.cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_folder(options.cache_dir, path))
+    core = ov.Core()
+    if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
+        raise BackendError(
+            f"OpenVINO device {device} is not available here "
+            f"(available: {', '.join(core.available_devices)})"
+        )
+    try:
+        return core.compile_model(str(path), device, config)
+    except Exception as exc:  # OpenVINO raises RuntimeError with a long plugin log
+        raise BackendError(
+            f"OpenVINO cannot compile {path.name} on {device}: {first_line(exc)}"
+        ) from None
+
+
 class OvRunner:
     """A compiled OpenVINO model with LATENCY hint and an explicit inference precision."""
 
     def __init__(self, path: Path, options: RunnerOptions) -> None:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise BackendError("OpenVINO is not installed (pip install openvino)") from exc
-        device = options.device.upper()
-        config: dict[str, object] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            # this CPU defaults to bf16 (AMX); parity needs f32 unless asked otherwise
-            "INFERENCE_PRECISION_HINT": options.precision_hint,
-        }
-        if options.threads:
-            config["INFERENCE_NUM_THREADS"] = options.threads
-        core = ov.Core()
-        if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
-            raise BackendError(
-                f"OpenVINO device {device} is not available here "
-                f"(available: {', '.join(core.available_devices)})"
-            )
-        try:
-            self.compiled = core.compile_model(str(path), device, config)
-        except Exception as exc:  # OpenVINO raises RuntimeError with a long plugin log
-            raise BackendError(
-                f"OpenVINO cannot compile {path.name} on {device}: {first_line(exc)}"
-            ) from None
+        self.compiled = compile_model(path, options)
         self.inference_precision = str(
             self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         )
@@ -49,7 +78,7 @@ class OvRunner:
         if self.inference_precision != options.precision_hint:
             _LOGGER.warning(
                 "OpenVINO %s cannot compute in %s here; %s runs in %s",
-                device,
+                options.device.upper(),
                 options.precision_hint,
                 path.name,
                 self.inference_precision,

@@ -10,7 +10,7 @@ SoVITS prompt/reference graphs), the model's GPT thread owns ``t2s``, the acoust
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,9 @@ class VoiceModel:
         self.backend = resolve_backend(self.runtime.backend, bundle)
         base = self.runtime.threads
         self.threads = threads or StageThreads(base, base, base)
-        device = self.runtime.device
-        self.options = RunnerOptions(device=device, threads=self.threads.frontend)
+        cache = Path(self.runtime.cache_dir) if self.runtime.cache_dir else None
+        base_options = RunnerOptions(self.runtime.device, self.threads.frontend, cache_dir=cache)
+        self.options = base_options
         precision = self.runtime.precision
         gpt_graph = "t2s_prefill" if self.backend == "onnxruntime" else "t2s_decoder"
         self.precisions = {
@@ -121,13 +122,13 @@ class VoiceModel:
         self.t2s = load_t2s(
             bundle,
             self.backend,
-            RunnerOptions(device=device, threads=self.threads.gpt),
+            replace(base_options, threads=self.threads.gpt),
             self.precisions["gpt"],
         )
         self.acoustic: AcousticStage = load_acoustic(
             bundle,
             self.backend,
-            RunnerOptions(device=device, threads=self.threads.acoustic),
+            replace(base_options, threads=self.threads.acoustic),
             self.precisions["acoustic"],
         )
         self._support = support

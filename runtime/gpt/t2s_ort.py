@@ -8,6 +8,7 @@ on OpenVINO through the plain runner (KV then round-trips through numpy each ste
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -350,7 +351,7 @@ def load_canonical(
             f"(asked for {precision}); export the openvino format"
         )
     hint = "bf16" if precision == "bf16" else "f32"
-    ov_options = RunnerOptions(options.device, options.threads, hint)
+    ov_options = replace(options, precision_hint=hint)
     graphs = [
         _PlainGraph(make_runner(graph_file(bundle, g, "onnxruntime", "fp32"), backend, ov_options))
         for g in (PREFILL, STEP)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gsv_runtime.backends import RunnerOptions, make_runner
+from gsv_runtime.backends.ov import compile_model
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import BackendError, InputError, first_line
+from gsv_runtime.errors import BackendError, InputError
 from gsv_runtime.gpt.t2s import (
     DECODER,
     OV_PRECISION,
@@ -74,29 +76,10 @@ def compile_decoder(
     Raises:
         BackendError: OpenVINO missing, device absent, compile failure, or no fusion.
     """
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise BackendError("OpenVINO is not installed (pip install openvino)") from exc
     hint, kv = OV_PRECISION.get(precision, ("f32", "f32"))
-    config: dict[str, Any] = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": hint,
-        "KV_CACHE_PRECISION": kv_precision or kv,
-    }
-    if options.threads:
-        config["INFERENCE_NUM_THREADS"] = options.threads
+    options = replace(options, precision_hint=hint)
+    compiled = compile_model(Path(path), options, {"KV_CACHE_PRECISION": kv_precision or kv})
     device = options.device.upper()
-    core = ov.Core()
-    if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
-        raise BackendError(
-            f"OpenVINO device {device} is not available here "
-            f"(available: {', '.join(core.available_devices)})"
-        )
-    try:
-        compiled = core.compile_model(str(path), device, config)
-    except Exception as exc:  # OpenVINO raises RuntimeError with a long plugin log
-        raise BackendError(f"OpenVINO cannot compile {DECODER}: {first_line(exc)}") from None
     if device.startswith("CPU"):  # the fusion this design relies on is the CPU plugin's
         states = len(compiled.create_infer_request().query_state())  # K and V per layer
         check_stateful_fusion(compiled, states // 2)
@@ -227,7 +210,7 @@ def load_stateful(
     compiled = compile_decoder(
         graph_file(bundle, DECODER, "openvino", precision), options, precision, kv_precision
     )
-    embed_options = RunnerOptions(options.device, options.threads, "f32")
+    embed_options = replace(options, precision_hint="f32")
     prefix = make_runner(
         graph_file(bundle, PREFIX_EMBED, "openvino", "fp32"), "openvino", embed_options
     )
