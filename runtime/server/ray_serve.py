@@ -153,9 +153,13 @@ class _LoadedModel:
 class EngineReplicaBase:
     """Body of the replica deployment (see :func:`build_app`, which adds the multiplexing)."""
 
-    def __init__(self, runtime: RuntimeConfig, engine: EngineConfig) -> None:
+    async def __init__(
+        self, runtime: RuntimeConfig, engine: EngineConfig, preload: tuple[str, ...] = ()
+    ) -> None:
         self.runtime = runtime
         self.engine = Engine(config=engine)
+        for model_id in preload:  # a replica starts ready for the first voices
+            await self.voice_model(model_id)
 
     async def open(self, model_id: str) -> _LoadedModel:
         from gsv_runtime.engine import VoiceModel
@@ -334,8 +338,11 @@ def build_app(
     options.validate()
     serve = _serve()
     engine.validate()
-    for bundle in setup.bundles:  # fail here, not in a replica's constructor
-        RemoteModel.describe(bundle)
+    # read here too: a bad voices file or bundle fails now, not in the gateway's constructor
+    catalog = load_catalog(
+        setup.voices_file, list(setup.bundles), RuntimeConfig(), RemoteModel.describe
+    )
+    preload = tuple(str(m.folder) for m in catalog.models.values())[: options.voices_per_replica]
 
     class EngineReplica(EngineReplicaBase):
         @serve.multiplexed(max_num_models_per_replica=options.voices_per_replica)
@@ -350,7 +357,7 @@ def build_app(
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=max(options.max_queued_requests, 1),
     )
-    return gateway.bind(replica.bind(runtime, engine), setup)
+    return gateway.bind(replica.bind(runtime, engine, preload), setup)
 
 
 def app_builder(args: dict[str, str]) -> Any:
