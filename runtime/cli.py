@@ -240,16 +240,31 @@ _JA_USERDICT_OPTION = click.option(
 @main.command("info")
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @click.option("--verify", is_flag=True, help="Also check every file's sha256.")
+@click.option(
+    "--system", is_flag=True, help="Also show what --precision auto runs on this CPU and why."
+)
 @_G2PW_OPTION
 @_JA_USERDICT_OPTION
 def info_cmd(
-    bundle: Path | None, verify: bool, g2pw: Path | None, ja_userdict: Path | None
+    bundle: Path | None,
+    verify: bool,
+    system: bool,
+    g2pw: Path | None,
+    ja_userdict: Path | None,
 ) -> None:
     """Show this machine's backends and text frontend, and a bundle's manifest."""
-    from gsv_runtime.info import describe_bundle, describe_frontend, describe_machine
+    from gsv_runtime.info import (
+        describe_bundle,
+        describe_choices,
+        describe_frontend,
+        describe_machine,
+    )
 
     for line in describe_machine():
         click.echo(line)
+    if system:
+        for line in describe_choices():
+            click.echo(line)
     for line in describe_frontend(g2pw, ja_userdict):
         click.echo(line)
     if bundle is not None:

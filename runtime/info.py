@@ -13,6 +13,7 @@ from typing import Any
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
 from gsv_runtime.text.frontend import LANGUAGE_MODULES
+from gsv_runtime.variants import STAGES, auto_explained, cpu_flags, stage_precision
 
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -71,6 +72,18 @@ def describe_machine() -> Iterator[str]:
         yield "backends: none installed (pip install onnxruntime or openvino)"
     for name, info in backends.items():
         yield f"backend {name} {info['version']}: devices {', '.join(info['devices'])}"
+
+
+def describe_choices() -> Iterator[str]:
+    """What ``--precision auto`` runs per backend and stage on this CPU, and why."""
+    flags = cpu_flags()
+    yield "precision auto on this CPU (first variant a bundle holds, best first):"
+    for backend in backend_devices():
+        for stage in STAGES:
+            ranked = auto_explained(stage, backend, flags)
+            best, why = ranked[0]
+            then = f"; then {', '.join(p for p, _ in ranked[1:])}" if len(ranked) > 1 else ""
+            yield f"  {backend} {stage}: {best} ({why}){then}"
 
 
 def describe_frontend(g2pw: Path | None = None, ja_userdict: Path | None = None) -> Iterator[str]:
@@ -152,8 +165,21 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
     yield "graphs:"
     for name, spec in m.graphs.items():
         yield from _graph_lines(name, spec)
+    by_folder: dict[str, int] = {}
+    for rel, entry in m.files.items():
+        top = rel.split("/", 1)[0] if "/" in rel else "."
+        by_folder[top] = by_folder.get(top, 0) + entry.size_bytes
+    yield "files: " + ", ".join(f"{k}/ {v / 1e6:.1f} MB" for k, v in sorted(by_folder.items()))
     formats = {v.format for spec in m.graphs.values() for v in spec.variants}
     for backend, info in backend_devices().items():
         fmt = "onnx" if backend == "onnxruntime" else "openvino"
-        can = "yes" if fmt in formats else "no (no graphs in its format)"
-        yield f"runs on {backend} ({', '.join(info['devices'])}): {can}"
+        if fmt not in formats:
+            yield f"runs on {backend} ({', '.join(info['devices'])}): no (no graphs in its format)"
+            continue
+        gpt = "t2s_prefill" if backend == "onnxruntime" else "t2s_decoder"
+        picks = ", ".join(
+            f"{stage} {stage_precision(bundle, graph, stage, backend, 'auto')}"
+            for stage, graph in (("gpt", gpt), ("acoustic", "sovits_decoder"))
+            if graph in m.graphs
+        )
+        yield f"runs on {backend} ({', '.join(info['devices'])}): yes; precision auto: {picks}"

@@ -34,15 +34,35 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ...]:
-    """Precisions ``auto`` tries for a stage, best first, on this backend and CPU."""
+_WHY: Final = {
+    "onnxruntime-gpt": "onnxruntime: int8 was no faster than fp32 on the GPT step (9.1 ms both "
+    "on a VNNI CPU) and its CPU provider has no bf16 kernels",
+    "onnxruntime-acoustic": "onnxruntime: its CPU provider has no bf16 kernels and the SoVITS "
+    "decoder has no int8 variant",
+    "gpt-int8": "VNNI: int8 weights stream fastest in the memory-bound step (5.5 ms vs 8.4 ms "
+    "bf16 at context 600)",
+    "gpt-bf16": "BF16 units: half the weight traffic of fp32",
+    "acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 67 ms per audio "
+    "second vs 170 ms in fp32",
+    "fp32": "the fallback every CPU runs",
+}
+"""Why ``auto`` ranks each choice (figures from bench/results on the 2-core EPYC)."""
+
+
+def auto_explained(stage: str, backend: str, flags: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """Precisions ``auto`` tries for a stage, best first, each with the reason it is there."""
     if backend != "openvino":
-        return ("fp32",)
+        return (("fp32", _WHY[f"onnxruntime-{stage}"]),)
     bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
     vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    if stage == "gpt":
-        return (*(("int8",) if vnni else ()), *(("bf16",) if bf16 else ()), "fp32")
-    return (*(("bf16",) if bf16 else ()), "fp32")
+    ranked = [("int8", vnni), ("bf16", bf16)] if stage == "gpt" else [("bf16", bf16)]
+    chosen = [(p, _WHY[f"{stage}-{p}"]) for p, available in ranked if available]
+    return (*chosen, ("fp32", _WHY["fp32"]))
+
+
+def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ...]:
+    """Precisions ``auto`` tries for a stage, best first, on this backend and CPU."""
+    return tuple(precision for precision, _ in auto_explained(stage, backend, flags))
 
 
 def parse_precision(spec: str) -> dict[str, str]:

@@ -106,6 +106,10 @@ def test_voice_add_tts_and_info(tiny_bundle, ref_wav: Path, tmp_path: Path) -> N
     info = runner.invoke(main, ["info", bundle, "--verify"])
     assert info.exit_code == 0, info.output
     assert "sha256 verified" in info.output and "t2s_step_gqa" in info.output
+    assert "files: onnx/ " in info.output and "precision auto: gpt fp32" in info.output
+    system = runner.invoke(main, ["info", "--system"])
+    assert system.exit_code == 0, system.output
+    assert "onnxruntime gpt: fp32 (" in system.output and "openvino acoustic: " in system.output
 
 
 @pytest.mark.parametrize(
