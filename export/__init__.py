@@ -105,6 +105,11 @@ def _voice_sections(gpt: Any, sovits: Any, support: str | None) -> dict[str, dic
 
 
 def _check_pair(gpt: Any, sovits: Any) -> None:
+    if sovits.version.value in ("v3", "v4"):
+        raise CheckpointError(
+            f"{sovits.path.name}: exporting SoVITS {sovits.version.value} (CFM + vocoder) is not "
+            "supported yet; supported: v1, v2, v2Pro, v2ProPlus"
+        )
     if gpt.version.symbols_version != sovits.version.symbols_version:
         raise CheckpointError(
             f"mismatched checkpoints: {gpt.path.name} is a GPT with "

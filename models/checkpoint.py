@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -32,6 +32,9 @@ from gsv_models.sovits import (
 from gsv_models.version import HEADER_VERSIONS, VERSION_HEADERS, ModelVersion
 from gsv_runtime.bundle import sha256_file
 from gsv_runtime.errors import CheckpointError, first_line
+
+if TYPE_CHECKING:
+    from gsv_models.sovits_v3 import SoVITSV3Config
 
 Kind = Literal["gpt", "sovits", "sv"]
 
@@ -64,12 +67,17 @@ class Checkpoint:
     kind: Kind
     version: ModelVersion
     """GPT: the symbol generation (v1 or v2); SoVITS: the model version; SV: always v2Pro."""
-    config: T2SConfig | SoVITSConfig | None
+    config: T2SConfig | SoVITSConfig | SoVITSV3Config | None
     state_dict: dict[str, torch.Tensor]
     raw_config: dict[str, Any]
     info: str | None
     header: bytes
     sha256: str
+    lora_rank: int | None = None
+    """v3/v4 LoRA fine-tunes: the rank of the factors merged into ``state_dict``."""
+    base: Path | None = None
+    """v3/v4 LoRA fine-tunes: the full model the factors were merged into."""
+    base_sha256: str = ""
 
 
 MAX_INFLATION = 2
@@ -201,12 +209,6 @@ def _load_gpt(path: Path, payload: Mapping[str, Any], header: bytes) -> Checkpoi
 
 def _sovits_version(state: Mapping[str, torch.Tensor], header: bytes, path: Path) -> ModelVersion:
     """Version from the header tag and the tensor shapes, which must agree."""
-    if any(k.startswith(_SOVITS_V3_MARKER_PREFIX) for k in state):
-        tagged = HEADER_VERSIONS.get(header, ModelVersion.V3)
-        raise CheckpointError(
-            f"{path}: SoVITS {tagged.value} (CFM/DiT) checkpoints are not supported yet; "
-            "supported: v1, v2, v2Pro, v2ProPlus"
-        )
     rows = state["enc_p.text_embedding.weight"].shape[0]
     if "sv_emb.weight" in state:
         first_kernel = state["dec.ups.0.weight_v"].shape[-1]
@@ -275,12 +277,16 @@ _LOADERS = {"gpt": _load_gpt, "sovits": _load_sovits, "sv": _load_sv}
 _KIND_NAMES = {"gpt": "GPT (.ckpt)", "sovits": "SoVITS (.pth)", "sv": "ERes2NetV2 speaker model"}
 
 
-def load_checkpoint(path: str | Path, kind: Kind | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, kind: Kind | None = None, base: str | Path | None = None
+) -> Checkpoint:
     """Load a GPT, SoVITS or speaker checkpoint; check its kind (if given) and detect its version.
 
     Args:
         path: the checkpoint file.
         kind: the expected kind; a file of another kind is refused. None accepts any kind.
+        base: for a v3/v4 SoVITS LoRA fine-tune, upstream's pretrained full model it was
+            trained from (``s2Gv3.pth`` / ``s2Gv4.pth``); the factors are merged into it.
 
     Raises:
         CheckpointError: unreadable, unsafe, wrong-kind or unknown-version file.
@@ -294,7 +300,14 @@ def load_checkpoint(path: str | Path, kind: Kind | None = None) -> Checkpoint:
         raise CheckpointError(
             f"{path}: expected a {_KIND_NAMES[kind]} checkpoint, but this is a {_KIND_NAMES[found]}"
         )
-    ckpt = _LOADERS[found](path, payload, header)
+    if found == "sovits" and any(k.startswith(_SOVITS_V3_MARKER_PREFIX) for k in payload["weight"]):
+        from gsv_models.checkpoint_v3 import load_sovits_v3  # imports this module
+
+        ckpt = load_sovits_v3(path, payload, header, base)
+    elif base is not None:
+        raise CheckpointError(f"{path}: base= applies to v3/v4 SoVITS LoRA fine-tunes only")
+    else:
+        ckpt = _LOADERS[found](path, payload, header)
     ckpt.sha256 = sha256_file(path)
     return ckpt
 

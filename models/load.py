@@ -18,6 +18,11 @@ def _construct(ckpt: Checkpoint) -> nn.Module:
 
         assert isinstance(ckpt.config, T2SConfig)
         return T2SModel(ckpt.config)
+    if ckpt.kind == "sovits" and not isinstance(ckpt.config, SoVITSConfig):
+        from gsv_models.sovits_v3 import SoVITSV3Config, SoVITSV3Model
+
+        assert isinstance(ckpt.config, SoVITSV3Config)
+        return SoVITSV3Model(ckpt.config)
     if ckpt.kind == "sovits":
         from gsv_models.sovits import SoVITSModel
 
@@ -68,7 +73,12 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
     return model.eval()
 
 
-def load_model(path: str | Path, kind: Kind | None = None) -> tuple[Checkpoint, nn.Module]:
-    """Load a checkpoint file and build its network (see :func:`build_model`)."""
-    ckpt = load_checkpoint(path, kind)
+def load_model(
+    path: str | Path, kind: Kind | None = None, base: str | Path | None = None
+) -> tuple[Checkpoint, nn.Module]:
+    """Load a checkpoint file and build its network (see :func:`build_model`).
+
+    ``base`` is the full model a v3/v4 LoRA fine-tune merges into (see :func:`load_checkpoint`).
+    """
+    ckpt = load_checkpoint(path, kind, base)
     return ckpt, build_model(ckpt)

@@ -471,6 +471,7 @@ class Generator(nn.Module):
         upsample_initial_channel: int,
         upsample_kernel_sizes: tuple[int, ...],
         gin_channels: int = 0,
+        post_bias: bool = False,
     ) -> None:
         super().__init__()
         if resblock not in ("1", "2"):
@@ -488,7 +489,8 @@ class Generator(nn.Module):
             self.ups.append(WNConvTranspose1d(ch_in, ch, k, u, padding=(k - u) // 2))
             for rk, rd in zip(resblock_kernel_sizes, resblock_dilation_sizes, strict=True):
                 self.resblocks.append(block(ch, rk, tuple(rd)))
-        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
+        # the SoVITS decoder's conv_post has no bias; the v4 vocoder's has one (``is_bias``)
+        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=post_bias)
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
 

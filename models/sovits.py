@@ -121,6 +121,28 @@ class TextEncoder(nn.Module):
         ``frame_lengths`` (per-row frames after the speed change, used instead of ``speed``)
         resamples unconditionally, so an exported graph takes the speed as data.
         """
+        y, y_mask, lengths = self.content(
+            y, y_lengths, text, text_lengths, ge, speed, frame_lengths
+        )
+        stats = self.proj(y) * y_mask
+        m, logs = torch.split(stats, self.out_channels, dim=1)
+        return m, logs, y_mask, lengths
+
+    def content(
+        self,
+        y: torch.Tensor,
+        y_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        ge: torch.Tensor,
+        speed: float = 1.0,
+        frame_lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The hidden frames before ``proj``: ``(y [B, h, T'], mask [B, 1, T'], lengths [B])``.
+
+        v3/v4 decode from these (upstream's ``TextEncoder`` returns them first); after a speed
+        change ``y`` is not masked, as upstream leaves it.
+        """
         y_mask = sequence_mask(y_lengths, y.shape[2]).unsqueeze(1).to(y.dtype)  # (B, 1, T)
         y = self.ssl_proj(y * y_mask) * y_mask
         y = self.encoder_ssl(y * y_mask, y_mask)
@@ -136,9 +158,7 @@ class TextEncoder(nn.Module):
             y = resample_frames(y, y_lengths, frame_lengths)
             lengths = frame_lengths
             y_mask = sequence_mask(lengths, y.shape[2]).unsqueeze(1).to(y.dtype)
-        stats = self.proj(y) * y_mask
-        m, logs = torch.split(stats, self.out_channels, dim=1)
-        return m, logs, y_mask, lengths
+        return y, y_mask, lengths
 
 
 class SoVITSModel(nn.Module):

@@ -51,3 +51,12 @@ VERSION_HEADERS: Final[dict[ModelVersion, bytes]] = {
     ModelVersion.V2PROPLUS: b"06",
 }
 """Tags upstream writes for full (non-LoRA) checkpoints; v1/v2 keep the plain b"PK"."""
+LORA_HEADERS: Final[frozenset[bytes]] = frozenset({b"03", b"04"})
+"""Tags of v3/v4 LoRA fine-tunes, whose weights merge into upstream's pretrained base."""
+PRETRAINED_SOVITS_MD5: Final[dict[str, ModelVersion]] = {
+    "43797be674a37c1c83ee81081941ed0f": ModelVersion.V3,  # s2Gv3.pth
+    "4f26b9476d0c5033e04162c486074374": ModelVersion.V4,  # gsv-v4-pretrained/s2Gv4.pth
+}
+"""md5 of the first 8 KiB of upstream's pretrained v3/v4 SoVITS files (``process_ckpt.py``).
+Their header is the plain ``PK`` and v3/v4 weights have the same shapes, so upstream tells them
+apart this way."""

@@ -162,7 +162,7 @@ def test_unknown_gpt_version(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-def test_v3_sovits_is_refused_clearly(tmp_path: Path) -> None:
+def test_incomplete_v3_sovits_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "v3.pth"
     torch.save(
         {
@@ -171,7 +171,7 @@ def test_v3_sovits_is_refused_clearly(tmp_path: Path) -> None:
         },
         path,
     )
-    with pytest.raises(CheckpointError, match=r"v3 .*not supported yet"):
+    with pytest.raises(CheckpointError, match=r"config or weights incomplete"):
         load_checkpoint(path)
 
 
