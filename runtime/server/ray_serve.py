@@ -22,6 +22,7 @@ engine's own thread rule.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -423,6 +424,14 @@ def run_local(
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (and SIGINT, which a shell ignores for background jobs) end the blocking run,
+    # so the deployment and the local cluster are shut down instead of left behind
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(app, blocking=True, name=APP_NAME, route_prefix="/")
