@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
 import socket
 import threading
@@ -259,6 +261,47 @@ def test_disconnect_frees_the_request(served) -> None:
     while running.engine.stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert running.engine.stats()["in_flight"] == 0
+
+
+def test_weights_switch_while_requests_run(served) -> None:
+    """/set_sovits_weights loads another bundle while requests are in flight: they finish on
+    the model they started with, later api_v2 requests use the new one, nothing fails."""
+    running, root = served
+    other = root / "allowed" / "other"
+    if not other.exists():
+        shutil.copytree(root / "voice", other, ignore=shutil.ignore_patterns("voices"))
+        manifest = json.loads((other / "bundle.json").read_text())
+        support = (root / "voice" / manifest["support"]["path"]).resolve()
+        manifest["support"]["path"] = os.path.relpath(support, other)
+        (other / "bundle.json").write_text(json.dumps(manifest))
+    body = {
+        "text": "我们去公园散步吧，好不好？",
+        "text_lang": "zh",
+        "ref_audio_path": "ref.wav",
+        "prompt_lang": "zh",
+        "prompt_text": PROMPT,
+        "media_type": "raw",
+    }
+
+    def post(seed: int) -> bytes:
+        r = httpx.post(f"{running.url}/tts", json={**body, "seed": seed}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.content
+
+    alone = [post(seed) for seed in range(6)]
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(post, seed) for seed in range(6)]
+            r = httpx.get(
+                f"{running.url}/set_sovits_weights", params={"weights_path": "other"}, timeout=60
+            )
+            assert r.status_code == 200, r.text
+            assert [f.result() for f in futures] == alone
+        assert "other" in running.engine.models
+        assert post(0) == alone[0]  # same weights, now through the new model
+    finally:
+        r = httpx.get(f"{running.url}/set_gpt_weights", params={"weights_path": "voice"})
+        assert r.status_code == 200
 
 
 def test_health_metrics_and_control_routes(served) -> None:
