@@ -286,18 +286,18 @@ class UpSample2(nn.Module):
     side, so the crop of 15 samples per side leaves exactly ``2·T``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("filter", _resampling_filter())
+        self.channels = channels  # a Python int: a static kernel shape for ONNX export
         self.pad = ANTI_ALIAS_TAPS // ANTI_ALIAS_RATIO - 1
         self.crop = self.pad * ANTI_ALIAS_RATIO + (ANTI_ALIAS_TAPS - ANTI_ALIAS_RATIO) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
         x = F.pad(x, (self.pad, self.pad), mode="replicate")  # (B, C, T + 2·pad)
-        taps = self.filter.expand(channels, -1, -1)
+        taps = self.filter.expand(self.channels, -1, -1)
         x = ANTI_ALIAS_RATIO * F.conv_transpose1d(
-            x, taps, stride=ANTI_ALIAS_RATIO, groups=channels
+            x, taps, stride=ANTI_ALIAS_RATIO, groups=self.channels
         )  # (B, C, 2T + 2·crop)
         return x[..., self.crop : x.shape[-1] - self.crop]
 
@@ -305,27 +305,26 @@ class UpSample2(nn.Module):
 class LowPass(nn.Module):
     """Strided depthwise low-pass with edge padding (upstream ``filter.py::LowPassFilter1d``)."""
 
-    def __init__(self, stride: int) -> None:
+    def __init__(self, channels: int, stride: int) -> None:
         super().__init__()
         self.register_buffer("filter", _resampling_filter())
+        self.channels = channels  # a Python int: a static kernel shape for ONNX export
         self.stride = stride
         # even taps: one sample more on the right keeps the output centred
         self.pads = (ANTI_ALIAS_TAPS // 2 - 1, ANTI_ALIAS_TAPS // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
         x = F.pad(x, self.pads, mode="replicate")
-        return F.conv1d(
-            x, self.filter.expand(channels, -1, -1), stride=self.stride, groups=channels
-        )
+        taps = self.filter.expand(self.channels, -1, -1)
+        return F.conv1d(x, taps, stride=self.stride, groups=self.channels)
 
 
 class DownSample2(nn.Module):
     """×2 decimation behind the anti-alias low-pass (upstream ``resample.py::DownSample1d``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.lowpass = LowPass(ANTI_ALIAS_RATIO)
+        self.lowpass = LowPass(channels, ANTI_ALIAS_RATIO)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lowpass(x)
@@ -340,8 +339,8 @@ class AntiAliasedSnakeBeta(nn.Module):
     def __init__(self, channels: int, logscale: bool) -> None:
         super().__init__()
         self.act = SnakeBeta(channels, logscale)
-        self.upsample = UpSample2()
-        self.downsample = DownSample2()
+        self.upsample = UpSample2(channels)
+        self.downsample = DownSample2(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsample(self.act(self.upsample(x)))
