@@ -68,10 +68,10 @@ def load_v4_vocoder(path: str | Path) -> Generator:
     """
     path = Path(path)
     payload, _ = read_payload(path)
-    state = _to_fp32(payload, path)
-    pre = state.get("conv_pre.weight")
-    if pre is None or pre.dim() != 3:
+    pre = payload.get("conv_pre.weight")
+    if not isinstance(pre, torch.Tensor) or pre.dim() != 3:
         raise CheckpointError(f"{path}: not a v4 vocoder (no 3-d conv_pre.weight)")
+    state = _to_fp32(payload, path)
     cfg = V4VocoderConfig(mel_dim=pre.shape[1], upsample_initial_channel=pre.shape[0])
     with torch.device("meta"):
         expected = build_v4_vocoder(cfg).state_dict()

@@ -162,11 +162,16 @@ def upstream_v3_state(model: SoVITSV3Model, gen: torch.Generator) -> dict[str, t
     state = unfold_weight_norm_state(model.state_dict(), model.weight_norm_prefixes())
     head = nn.Conv1d(model.cfg.feature_dim, model.cfg.dit.mel_dim, 1)
     _init_module("linear_mel", head, gen)
+    # upstream's WN registers cond_layer after its layer lists, ours before
+    cond = {k: v for k, v in state.items() if k.startswith("wns1.enc.cond_layer.")}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        if key.startswith("wns1.proj.") and not cond.keys() <= out.keys():
+            out.update(cond)
         if key.startswith("cfm.") and "linear_mel.weight" not in out:
             out["linear_mel.weight"], out["linear_mel.bias"] = head.weight, head.bias
-        out[key] = value
+        if key not in cond:
+            out[key] = value
     return out
 
 
