@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# the checkpoint reader's safe unpickling and per-tensor checks (repeating views, sizes)
 from gsv_models.checkpoint import _to_fp32, read_payload
 from gsv_models.modules import WEIGHT_NORMED, WNConv1d, WNConvTranspose1d
 from gsv_models.sovits import fold_weight_norm_state, unfold_weight_norm_state
