@@ -17,7 +17,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 from gsv_export.gpt import UNSUPPORTED, export_gpt_graphs, verify_gpt
-from gsv_export.gpt_verify import run_greedy, torch_reference, verify_batch
+from gsv_export.gpt_verify import (
+    AGREEMENT_FLOORS,
+    VERIFY_STEPS,
+    run_greedy,
+    teacher_forced,
+    torch_reference,
+    verify_batch,
+)
 from gsv_export.writer import write_manifest
 from gsv_models.testing import random_t2s, t2s_config
 from gsv_models.version import ModelVersion
@@ -153,6 +160,32 @@ def test_verify_gpt_passes(exported: Exported) -> None:
         assert f"{design}/int8/top1_agreement" in names
     assert "stateful/openvino/bf16/top1_agreement" in names
     assert "gqa/onnxruntime/fp16/top1_agreement" in names
+
+
+def test_floors_fail_broken_variants() -> None:
+    """Every top-1 agreement floor rejects a naively quantized GPT (8-bit per-tensor weights,
+    the kind of export a wrong scale or granularity gives) and another checkpoint."""
+    import copy
+
+    model = random_t2s(t2s_config(ModelVersion.V2, "tiny"), seed=3)
+    inputs = verify_batch(model)
+    ref = torch_reference(model, inputs, VERIFY_STEPS)
+    eos = model.config.eos
+
+    def agreement(candidate: torch.nn.Module) -> float:
+        logits, _ = teacher_forced(candidate, inputs, ref.tokens)
+        return float(np.mean(ref.logits[..., :eos].argmax(-1) == logits[..., :eos].argmax(-1)))
+
+    naive = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in naive.modules():
+            if isinstance(layer, torch.nn.Linear):
+                scale = layer.weight.abs().max() / 127
+                layer.weight.copy_((layer.weight / scale).round() * scale)
+    other = random_t2s(t2s_config(ModelVersion.V2, "tiny"), seed=4)
+    assert agreement(model) == 1.0
+    assert agreement(naive) < min(AGREEMENT_FLOORS.values())
+    assert agreement(other) < 0.1
 
 
 @pytest.mark.parametrize(("backend", "design"), DESIGNS)
