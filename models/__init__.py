@@ -4,6 +4,7 @@ from gsv_models.checkpoint import Checkpoint, load_checkpoint
 from gsv_models.config import SoVITSConfig, T2SConfig
 from gsv_models.load import build_model, load_model
 from gsv_models.sovits import SoVITSModel
+from gsv_models.sovits_v3 import SoVITSV3Config, SoVITSV3Model
 from gsv_models.sv import ERes2NetV2
 from gsv_models.t2s import T2SModel
 from gsv_models.version import ModelVersion
@@ -14,6 +15,8 @@ __all__ = [
     "ModelVersion",
     "SoVITSConfig",
     "SoVITSModel",
+    "SoVITSV3Config",
+    "SoVITSV3Model",
     "T2SConfig",
     "T2SModel",
     "build_model",

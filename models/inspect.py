@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gsv_models.cfm import SamplerConfig
 from gsv_models.checkpoint import Checkpoint
 from gsv_models.config import SoVITSConfig, T2SConfig
 from gsv_models.load import load_model
+from gsv_models.sovits_v3 import SoVITSV3Config
 
 _FORWARD_TOKENS = 25
 """Semantic tokens decoded (GPT) or vocoded (SoVITS) by the smoke forward: one second of audio."""
@@ -57,6 +59,24 @@ def _sovits_forward(model: nn.Module, cfg: SoVITSConfig, gen: torch.Generator) -
     )
 
 
+def _cfm_forward(model: nn.Module, cfg: SoVITSV3Config, gen: torch.Generator) -> str:
+    s = cfg.sovits
+    codes = model.extract_latent(torch.randn(1, s.ssl_dim, 2 * _FORWARD_TOKENS, generator=gen))
+    ge = model.reference_embedding(torch.rand(1, s.spec_channels, 100, generator=gen))
+    phones = torch.randint(0, s.n_symbols, (1, 20), generator=gen)
+    start = time.perf_counter()
+    fea, _ = model.decode_features(
+        codes, torch.tensor([codes.shape[1]]), phones, torch.tensor([20]), ge
+    )
+    noise = torch.randn(1, cfg.dit.mel_dim, fea.shape[2], generator=gen)
+    mel = model.cfm.sample(fea, torch.zeros(1, cfg.dit.mel_dim, 0), noise, SamplerConfig(steps=4))
+    dt = time.perf_counter() - start
+    return (
+        f"  forward: {codes.shape[1]} codes → {mel.shape[2]} mel frames (4 CFM steps) in "
+        f"{dt:.2f} s; rms {mel.pow(2).mean().sqrt():.3f}"
+    )
+
+
 def _sv_forward(model: nn.Module, gen: torch.Generator) -> str:
     feats = torch.randn(1, 300, 80, generator=gen)
     start = time.perf_counter()
@@ -95,6 +115,14 @@ def describe(path: str | Path, forward: bool = True) -> Iterator[str]:
             f"{cfg.upsample_initial_channel} ch kernels {list(cfg.upsample_kernel_sizes)}, "
             f"{cfg.n_symbols} symbols; " + _params(model)
         )
+    elif isinstance(cfg, SoVITSV3Config):
+        yield (
+            f"  CFM DiT {cfg.dit.depth} × {cfg.dit.dim}, {cfg.dit.heads} heads, gin "
+            f"{cfg.sovits.gin_channels}, {cfg.sovits.n_symbols} symbols"
+            + (f", LoRA rank {ckpt.lora_rank} merged" if ckpt.lora_rank else "")
+            + "; "
+            + _params(model)
+        )
     else:
         yield "  " + _params(model)
     if not forward:
@@ -105,5 +133,7 @@ def describe(path: str | Path, forward: bool = True) -> Iterator[str]:
             yield _gpt_forward(model, cfg, gen)
         elif isinstance(cfg, SoVITSConfig):
             yield _sovits_forward(model, cfg, gen)
+        elif isinstance(cfg, SoVITSV3Config):
+            yield _cfm_forward(model, cfg, gen)
         else:
             yield _sv_forward(model, gen)

@@ -353,3 +353,12 @@ def test_v4_vocoder(tmp_path: Path, half: bool) -> None:
     torch.save({"weight": {}}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a v4 vocoder"):
         load_v4_vocoder(tmp_path / "other.pth")
+
+
+def test_inspect_describes_a_cfm_checkpoint(files: dict) -> None:
+    from gsv_models.inspect import describe
+
+    lines = list(describe(files["v4"]))
+    assert "SoVITS v4 (header PK" in lines[0]
+    assert "CFM DiT 2 × 64, 4 heads" in lines[1]
+    assert "mel frames (4 CFM steps)" in lines[2]
