@@ -319,6 +319,16 @@ def test_version_detection_of_untagged_files(
         load_checkpoint(clash, base=files["v4base"])
 
 
+def test_v3_full_tag_02(files: dict, tmp_path: Path) -> None:
+    """Upstream's table knows 02 for full v3 files (its trainers never write it)."""
+    tagged = tmp_path / "tagged.pth"
+    tagged.write_bytes(b"02" + files["v3"].read_bytes()[2:])
+    assert load_checkpoint(tagged).version is V3
+    tagged.write_bytes(b"02" + files["v4"].read_bytes()[2:])
+    with pytest.raises(CheckpointError, match="header tag 02 says v3 but the config says v4"):
+        load_checkpoint(tagged)
+
+
 def test_incomplete_cfm_checkpoint_is_refused(files: dict, tmp_path: Path) -> None:
     payload = read_payload(files["v3"])[0]
     del payload["weight"]["cfm.estimator.transformer_blocks.1.attn.to_k.bias"]
