@@ -13,7 +13,7 @@ from typing import Any
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
 from gsv_runtime.text.frontend import LANGUAGE_MODULES
-from gsv_runtime.variants import STAGES, auto_explained, cpu_flags, stage_precision
+from gsv_runtime.variants import STAGES, auto_explained, choose_precisions, cpu_flags
 
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -176,10 +176,5 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
         if fmt not in formats:
             yield f"runs on {backend} ({', '.join(info['devices'])}): no (no graphs in its format)"
             continue
-        gpt = "t2s_prefill" if backend == "onnxruntime" else "t2s_decoder"
-        picks = ", ".join(
-            f"{stage} {stage_precision(bundle, graph, stage, backend, 'auto')}"
-            for stage, graph in (("gpt", gpt), ("acoustic", "sovits_decoder"))
-            if graph in m.graphs
-        )
+        picks = ", ".join(f"{k} {v}" for k, v in choose_precisions(bundle, backend, "auto").items())
         yield f"runs on {backend} ({', '.join(info['devices'])}): yes; precision auto: {picks}"

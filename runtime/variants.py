@@ -11,11 +11,14 @@ second); onnxruntime gains nothing from int8 on the step here, so it stays fp32)
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Final
 
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BundleError, InputError
+
+_LOGGER = logging.getLogger(__name__)
 
 PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
 STAGES: Final = ("gpt", "acoustic")
@@ -89,25 +92,57 @@ def parse_precision(spec: str) -> dict[str, str]:
     return per
 
 
-def stage_precision(bundle: Bundle, graph: str, stage: str, backend: str, requested: str) -> str:
-    """The variant ``graph`` of ``stage`` runs for a precision request (see the module).
+STAGE_GRAPHS: Final[dict[str, dict[str, str]]] = {
+    "onnxruntime": {"gpt": "t2s_prefill", "acoustic": "sovits_decoder"},
+    "openvino": {"gpt": "t2s_decoder", "acoustic": "sovits_decoder"},
+}
+"""The graph whose variants decide a stage's precision, per backend."""
+
+
+def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str, str]:
+    """The variant each stage runs for a precision request (see the module).
+
+    ``auto`` takes, per stage, the first precision of :func:`auto_order` the bundle holds. A
+    per-stage request (``gpt=int8``) is a demand: a stage the bundle lacks it for is an error.
+    One precision for all stages (``int8``) is a preference: stages without that variant run
+    fp32 and a warning says so; a bundle where no stage has it is an error.
 
     Raises:
         InputError: a malformed request.
-        BundleError: an explicit precision the bundle does not hold for this backend (never a
-            silent fp32 in its place).
+        BundleError: a demanded variant is missing (the message names what the bundle holds).
     """
     fmt = "onnx" if backend == "onnxruntime" else "openvino"
-    spec = bundle.graph(graph)
-    wanted = parse_precision(requested)[stage]
-    order = auto_order(stage, backend, cpu_flags()) if wanted == "auto" else (wanted,)
-    for precision in order:
-        if spec.variant(fmt, precision) is not None:  # type: ignore[arg-type]
-            return precision
-    if wanted == "auto":
-        return "fp32"
-    held = sorted({v.precision for v in spec.variants if v.format == fmt}) or ["none"]
-    raise BundleError(
-        f"{bundle.root}: {graph} has no {backend} {wanted} variant (it holds "
-        f"{', '.join(held)}); choose one of those, auto, or re-export with --precision {wanted}"
-    )
+    wanted = parse_precision(requested)
+    demanded = "=" in requested
+    chosen: dict[str, str] = {}
+    for stage, graph in STAGE_GRAPHS[backend].items():
+        held = [v.precision for v in bundle.graph(graph).variants if v.format == fmt]
+        if wanted[stage] == "auto":
+            order = auto_order(stage, backend, cpu_flags())
+            chosen[stage] = next((p for p in order if p in held), "fp32")
+        elif wanted[stage] in held:
+            chosen[stage] = wanted[stage]
+        elif demanded:
+            raise BundleError(
+                f"{bundle.root}: {graph} has no {backend} {wanted[stage]} variant (it holds "
+                f"{', '.join(sorted(held)) or 'none'}); choose one of those, auto, or re-export "
+                f"with --precision {wanted[stage]}"
+            )
+        else:
+            chosen[stage] = "fp32"
+    single = wanted["gpt"]
+    if not demanded and single != "auto" and single not in chosen.values():
+        raise BundleError(
+            f"{bundle.root}: no stage has a {backend} {single} variant; re-export with "
+            f"--precision {single}, or ask for auto"
+        )
+    for stage, precision in chosen.items():
+        if not demanded and single != "auto" and precision != single:
+            _LOGGER.warning(
+                "%s has no %s %s variant; the %s stage runs fp32",
+                bundle.root,
+                backend,
+                single,
+                stage,
+            )
+    return chosen

@@ -6,7 +6,7 @@ import pytest
 
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BundleError, InputError
-from gsv_runtime.variants import auto_order, parse_precision, stage_precision
+from gsv_runtime.variants import auto_order, choose_precisions, parse_precision
 
 
 def test_parse_precision() -> None:
@@ -26,11 +26,33 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("gpt", "onnxruntime", amx) == ("fp32",)
 
 
-def test_stage_precision_takes_what_the_bundle_holds(tiny_bundle) -> None:
+def test_choose_precisions_takes_what_the_bundle_holds(tiny_bundle, caplog) -> None:
     bundle = Bundle.load(tiny_bundle("v2"))  # fp32 only
-    assert stage_precision(bundle, "t2s_decoder", "gpt", "openvino", "auto") == "fp32"
-    assert stage_precision(bundle, "sovits_decoder", "acoustic", "openvino", "fp32") == "fp32"
-    with pytest.raises(BundleError, match=r"no openvino bf16 variant \(it holds fp32\)"):
-        stage_precision(bundle, "sovits_decoder", "acoustic", "openvino", "bf16")
+    fp32 = {"gpt": "fp32", "acoustic": "fp32"}
+    assert choose_precisions(bundle, "openvino", "auto") == fp32
+    assert choose_precisions(bundle, "onnxruntime", "fp32") == fp32
+    with pytest.raises(
+        BundleError, match=r"sovits_decoder has no openvino bf16 variant \(it holds fp32\)"
+    ):
+        choose_precisions(bundle, "openvino", "acoustic=bf16")
     with pytest.raises(BundleError, match="no onnxruntime int8 variant"):
-        stage_precision(bundle, "t2s_prefill", "gpt", "onnxruntime", "gpt=int8")
+        choose_precisions(bundle, "onnxruntime", "gpt=int8")
+    with pytest.raises(BundleError, match="no stage has a onnxruntime int8 variant"):
+        choose_precisions(bundle, "onnxruntime", "int8")
+
+
+def test_one_precision_is_a_preference_per_stage(tiny_bundle, tmp_path, caplog) -> None:
+    """``int8`` on a bundle with an int8 GPT and an fp32-only SoVITS: GPT int8, SoVITS fp32."""
+    import json
+    import shutil
+
+    root = tmp_path / "voice"
+    shutil.copytree(tiny_bundle("v2"), root)
+    manifest = json.loads((root / "bundle.json").read_text())
+    variants = manifest["graphs"]["t2s_prefill"]["variants"]
+    variants.append({**variants[0], "precision": "int8"})  # metadata only: nothing compiles
+    (root / "bundle.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        chosen = choose_precisions(Bundle.load(root), "onnxruntime", "int8")
+    assert chosen == {"gpt": "int8", "acoustic": "fp32"}
+    assert "the acoustic stage runs fp32" in caplog.text

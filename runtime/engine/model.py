@@ -24,7 +24,7 @@ from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import RuntimeConfig, SynthesisConfig
 from gsv_runtime.errors import BackendError, BundleError, InputError
 from gsv_runtime.gpt.t2s import load_t2s
-from gsv_runtime.variants import stage_precision
+from gsv_runtime.variants import choose_precisions
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -111,13 +111,7 @@ class VoiceModel:
         base_options = RunnerOptions(self.runtime.device, self.threads.frontend, cache_dir=cache)
         self.options = base_options
         precision = self.runtime.precision
-        gpt_graph = "t2s_prefill" if self.backend == "onnxruntime" else "t2s_decoder"
-        self.precisions = {
-            "gpt": stage_precision(bundle, gpt_graph, "gpt", self.backend, precision),
-            "acoustic": stage_precision(
-                bundle, "sovits_decoder", "acoustic", self.backend, precision
-            ),
-        }
+        self.precisions = choose_precisions(bundle, self.backend, precision)
         """The variant each stage runs (see ``gsv_runtime.variants``)."""
         self.t2s = load_t2s(
             bundle,
