@@ -60,6 +60,7 @@ def split_lora_state(
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         name = "cfm." + key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
+        name = name.replace(".base_layer.", ".")  # a wrapped layer's own weights, if saved
         match = _FACTOR.match(name)
         if match is None:
             plain[name] = value

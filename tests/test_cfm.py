@@ -214,6 +214,9 @@ def test_lora_merge_arithmetic() -> None:
     torch.testing.assert_close(merged[f"{Q}.weight"], w + b @ a)
     assert torch.equal(merged[f"{Q}.bias"], bias)
     assert torch.equal(merged["bridge.0.weight"], torch.ones(3))
+    # a file that also carries the wrapped layer's own (frozen) weight overrides the base's
+    frozen = {**lora, f"{peft}.base_layer.bias": torch.zeros(6)}
+    assert torch.equal(merge_lora(base, frozen, rank=2)[f"{Q}.bias"], torch.zeros(6))
     with pytest.raises(ValueError, match="expected A \\[3, 5\\], B \\[6, 3\\] for rank 3"):
         merge_lora(base, lora, rank=3)
     with pytest.raises(ValueError, match="incomplete"):
