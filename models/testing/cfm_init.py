@@ -134,7 +134,9 @@ def _calibrate(model: SoVITSV3Model, gen: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def randomize_v3_(model: SoVITSV3Model, generator: torch.Generator, only: tuple = ()) -> None:
+def randomize_v3_(
+    model: SoVITSV3Model, generator: torch.Generator, only: tuple[str, ...] = ()
+) -> None:
     """Fill the parameters of ``model`` from ``generator`` and calibrate it, in place.
 
     ``only`` (key prefixes) re-draws just those modules and skips the calibration, as a LoRA
@@ -227,8 +229,7 @@ def make_v3_lora_checkpoint(
     cfg = v3_config(version, size)
     tuned = random_v3(cfg, seed)
     gen = torch.Generator().manual_seed(seed + 2)
-    with torch.no_grad():
-        randomize_v3_(tuned, gen, only=TRAINED_PREFIXES)
+    randomize_v3_(tuned, gen, only=TRAINED_PREFIXES)
     state = upstream_v3_state(tuned, gen)
     factors = random_lora_factors(tuned, rank, gen)
     path = Path(path)
