@@ -14,7 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gsv_export.graph_io import FORMATS, PRECISIONS, share_onnx_weights
+from gsv_export.graph_io import (
+    FORMATS,
+    PRECISIONS,
+    drop_reference_variants,
+    share_onnx_weights,
+)
 from gsv_export.parity import ParityReport
 from gsv_export.writer import check_voices, staging_dir, write_manifest
 from gsv_runtime.bundle import Manifest
@@ -138,7 +143,9 @@ def export_bundle(
         sovits: upstream SoVITS checkpoint of the same symbol generation.
         out: bundle directory to create (an existing bundle there is replaced).
         formats: any of ``onnx``, ``openvino``.
-        precisions: any of ``fp32`` (always added), ``fp16``, ``bf16``, ``int8``.
+        precisions: any of ``fp32``, ``fp16``, ``bf16``, ``int8``. fp32 is always exported (the
+            reference the others are checked against) but kept only when listed, wherever a
+            graph has a lower precision (see ``drop_reference_variants``).
         verify: run the parity checks against PyTorch and refuse to write on failure.
         support: path of the support bundle (HuBERT/BERT/SV) this voice uses, recorded
             relative to ``out`` for the runtime to find.
@@ -182,6 +189,9 @@ def export_bundle(
             support = os.path.relpath(Path(support).resolve(), out_path.resolve())
         sections = _voice_sections(gpt_ckpt, sovits_ckpt, support)
         sections["parity"] = {"checks": [c.to_dict() for c in report.checks]}
+        if "fp32" not in {p.strip().lower() for p in precisions}:
+            graphs = drop_reference_variants(work, graphs)
+            share_onnx_weights(work, graphs)  # compact: the dropped graphs' weights go too
         manifest = write_manifest(work, "voice", graphs, **sections)
     progress(f"wrote {out_path}")
     return manifest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -195,6 +195,47 @@ def share_onnx_weights(root: Path, graphs: dict[str, GraphSpec]) -> dict[str, in
         for path, _ in external:
             onnx.checker.check_model(str(path))
     return sizes
+
+
+def drop_reference_variants(root: Path, graphs: dict[str, GraphSpec]) -> dict[str, GraphSpec]:
+    """The graphs without the fp32 variants nobody asked for, and only the files still used.
+
+    fp32 is always exported (every other precision is checked against it); for a bundle that
+    should not carry it (an int8 + bf16 edge bundle), a graph's fp32 variant goes wherever the
+    graph keeps a lower precision in the same format. Graphs that exist only in fp32 (the
+    embeddings, the reference encoders) keep it, and a file another variant still uses (the
+    OpenVINO IR that its bf16 variant compiles) stays.
+    """
+    kept: dict[str, GraphSpec] = {}
+    for name, spec in graphs.items():
+        lower = {v.format for v in spec.variants if v.precision != "fp32"}
+        variants = tuple(v for v in spec.variants if v.precision != "fp32" or v.format not in lower)
+        kept[name] = replace(spec, variants=variants)
+    used = {f for spec in kept.values() for v in spec.variants for f in _files_of(root, v)}
+    for folder in ("onnx", "openvino"):
+        for path in sorted((root / folder).glob("*")) if (root / folder).is_dir() else []:
+            if path.is_file() and path not in used:
+                path.unlink()
+    return kept
+
+
+def _files_of(root: Path, variant: GraphFile) -> list[Path]:
+    """The files a graph variant reads: the graph and its weights."""
+    path = root / variant.path
+    if variant.format == "openvino":
+        return [path, path.with_suffix(".bin")]
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    data = {
+        e.value
+        for t in _tensors(model.graph)
+        if uses_external_data(t)
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return [path, *(path.parent / d for d in sorted(data))]
 
 
 def _tensors(graph: Any) -> Iterator[Any]:

@@ -124,6 +124,14 @@ _PRECISION_OPTION = click.option(
     show_default=True,
     help="Comma-separated: fp32, fp16, bf16, int8 (fp32 is always written).",
 )
+_VOICE_PRECISION_OPTION = click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    help="Comma-separated: fp32, fp16, bf16, int8. Without fp32, graphs that have a lower "
+    "precision carry no fp32 variant (a smaller edge bundle).",
+)
 
 
 @main.command("export")
@@ -137,7 +145,7 @@ _PRECISION_OPTION = click.option(
     help="Voice bundle directory to write.",
 )
 @_FORMAT_OPTION
-@_PRECISION_OPTION
+@_VOICE_PRECISION_OPTION
 @click.option(
     "--support",
     type=click.Path(path_type=Path),

@@ -139,3 +139,44 @@ def test_onnx_graphs_share_one_weight_file(tmp_path: Path) -> None:
         session = ort.InferenceSession(str(folder / f"{name}.onnx"))
         (got,) = session.run(None, {"x": x.numpy()})
         np.testing.assert_array_equal(got, expected[name])
+
+
+def test_bundle_without_fp32(tiny_voice, tiny_support: Path, ref_wav: Path, tmp_path: Path) -> None:
+    """``--precision int8,bf16``: graphs with a lower precision lose their fp32 variant and its
+    files; fp32-only graphs keep it; the runtime runs it and refuses fp32 by name."""
+    from gsv_runtime.synthesizer import Synthesizer
+
+    paths, out = tiny_voice("v2"), tmp_path / "edge"
+    export_bundle(
+        paths["gpt"],
+        paths["sovits"],
+        out,
+        precisions=["int8", "bf16"],
+        support=str(tiny_support),
+        progress=lambda _: None,
+    )
+    bundle = Bundle.load(out, verify_hashes=True)
+
+    def held(graph: str, fmt: str) -> set[str]:
+        return {v.precision for v in bundle.graph(graph).variants if v.format == fmt}
+
+    for graph in ("t2s_prefill", "t2s_step", "t2s_step_gqa"):
+        assert held(graph, "onnx") == {"int8"}
+    assert held("t2s_decoder", "openvino") == {"bf16", "int8"}
+    assert held("sovits_decoder", "onnx") == {"fp32"} and held("sovits_decoder", "openvino") == {
+        "bf16"
+    }
+    assert held("t2s_token_embed", "openvino") == {"fp32"}
+    names = {p.name for p in (out / "onnx").iterdir()}
+    assert "t2s_prefill.onnx" not in names and "t2s_prefill-int8.onnx" in names
+    assert (out / "openvino" / "t2s_decoder.xml").is_file()  # the bf16 variant compiles it
+    kwargs = {"ref_audio": ref_wav, "prompt_text": "这是一段参考音频。", "prompt_lang": "zh"}
+    synth = Synthesizer.load(out, backend="onnxruntime", precision="int8")
+    try:
+        assert synth.model.precisions == {"gpt": "int8", "acoustic": "fp32"}
+        audio = synth.synthesize("你好。", "zh", seed=1, **kwargs)
+        assert audio.samples.size > 0
+    finally:
+        synth.close()
+    with pytest.raises(BundleError, match=r"t2s_prefill has no onnxruntime fp32 variant"):
+        Synthesizer.load(out, backend="onnxruntime", precision="gpt=fp32")
