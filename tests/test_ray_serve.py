@@ -230,25 +230,44 @@ def test_replica_killed_mid_run(cluster, bundles) -> None:
 
 
 @pytest.mark.skipif(IN_NETNS, reason="needs no cluster; runs in the parent")
-def test_app_builder_rejects_bad_arguments(bundles) -> None:
-    folders, _ = bundles
+def test_app_builder_rejects_bad_arguments(tmp_path: Path) -> None:
+    folder = str(tmp_path)  # every check below fails before a bundle is read
     with pytest.raises(InputError, match="unknown argument"):
-        app_builder({"models": str(folders[0]), "replcas": "2"})
+        app_builder({"models": folder, "replcas": "2"})
     with pytest.raises(InputError, match="replicas"):
-        app_builder({"models": str(folders[0]), "replicas": "0"})
+        app_builder({"models": folder, "replicas": "0"})
     with pytest.raises(InputError, match="not a valid int"):
-        app_builder({"models": str(folders[0]), "replicas": "two"})
+        app_builder({"models": folder, "replicas": "two"})
     with pytest.raises(InputError, match="voices="):
         app_builder({})
 
 
 @pytest.mark.skipif(IN_NETNS, reason="needs no cluster; runs in the parent")
-def test_cli_ray_refuses_bad_replica_count(bundles) -> None:
+def test_cli_ray_refuses_bad_replica_count(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from gsv_runtime.cli import main
 
-    folders, _ = bundles
-    result = CliRunner().invoke(main, ["serve", "--ray", "-m", str(folders[0]), "--replicas", "0"])
+    result = CliRunner().invoke(main, ["serve", "--ray", "-m", str(tmp_path), "--replicas", "0"])
     assert result.exit_code != 0
     assert "replicas must be >= 1" in result.output
+
+
+@pytest.mark.skipif(IN_NETNS, reason="needs no cluster; runs in the parent")
+def test_unloaded_bundle_leaves_the_engine(tiny_bundle) -> None:
+    """Ray Serve calls ``__del__`` on the least recently used bundle it drops: the replica's
+    engine forgets it, unless that name was loaded again in the meantime."""
+    from gsv_runtime.bundle import Bundle
+    from gsv_runtime.engine import VoiceModel
+    from gsv_runtime.server.ray_serve import _LoadedModel
+
+    first = VoiceModel(Bundle.load(tiny_bundle("v2")), RUNTIME)
+    again = VoiceModel(Bundle.load(tiny_bundle("v2")), RUNTIME)
+    with Engine() as engine:
+        engine.add_model("a", first)
+        loaded = _LoadedModel(engine, "a", first)
+        engine.add_model("a", again)  # reloaded under the same name
+        loaded.__del__()
+        assert engine.models["a"] is again
+        _LoadedModel(engine, "a", again).__del__()
+        assert "a" not in engine.models
