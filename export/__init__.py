@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ _LOGGER = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 SEMANTIC_HZ = 25
+CFM_VERSIONS = ("v3", "v4")
 NOISE_SCALE = 0.5
 
 
@@ -63,8 +65,13 @@ def _source(ckpt: Any) -> dict[str, Any]:
     }
 
 
+def _s2(sovits: Any) -> Any:
+    """The s2 hyperparameters of a SoVITS checkpoint (v3/v4 configs wrap them)."""
+    return getattr(sovits.config, "sovits", sovits.config)
+
+
 def _voice_sections(gpt: Any, sovits: Any, support: str | None) -> dict[str, dict[str, Any]]:
-    t2s, s2, version = gpt.config, sovits.config, sovits.version
+    t2s, s2, version = gpt.config, _s2(sovits), sovits.version
     defaults = SamplingParams()
     needs = ["hubert", "bert"] + (["sv"] if version.is_pro else [])
     return {
@@ -109,19 +116,80 @@ def _voice_sections(gpt: Any, sovits: Any, support: str | None) -> dict[str, dic
     }
 
 
-def _check_pair(gpt: Any, sovits: Any) -> None:
-    if sovits.version.value in ("v3", "v4"):
+def _is_cfm(ckpt: Any) -> bool:
+    return ckpt.version.value in CFM_VERSIONS
+
+
+def _check_pair(gpt: Any, sovits: Any, vocoder: Any) -> None:
+    if _is_cfm(sovits) and vocoder is None:
+        what = "BigVGAN model folder" if sovits.version.value == "v3" else "vocoder.pth"
         raise CheckpointError(
-            f"{sovits.path.name}: exporting SoVITS {sovits.version.value} (CFM + vocoder) is not "
-            "supported yet; supported: v1, v2, v2Pro, v2ProPlus"
+            f"{sovits.path.name}: a SoVITS {sovits.version.value} (CFM) voice needs its vocoder: "
+            f"pass vocoder= (--vocoder), upstream's {what}"
+        )
+    if not _is_cfm(sovits) and vocoder is not None:
+        raise CheckpointError(
+            f"{sovits.path.name}: a SoVITS {sovits.version.value} voice has its own decoder; "
+            "vocoder= is for v3/v4"
         )
     if gpt.version.symbols_version != sovits.version.symbols_version:
         raise CheckpointError(
             f"mismatched checkpoints: {gpt.path.name} is a GPT with "
             f"{gpt.config.phoneme_vocab_size} phone rows ({gpt.version.symbols_version} symbols) "
             f"but {sovits.path.name} is a SoVITS {sovits.version.value} with "
-            f"{sovits.config.n_symbols} symbols ({sovits.version.symbols_version})"
+            f"{_s2(sovits).n_symbols} symbols ({sovits.version.symbols_version})"
         )
+
+
+@dataclass
+class _Acoustic:
+    """The acoustic family's export, parity and manifest hooks (VITS decoder or CFM)."""
+
+    label: str
+    export: Callable[[Path, Sequence[str], Sequence[str]], dict[str, Any]]
+    verify: Callable[[Path, dict[str, Any]], ParityReport]
+    audio: Callable[[dict[str, Any]], dict[str, Any]]
+    sources: dict[str, Any]
+
+
+def _acoustic(ckpt: Any, model: Any, vocoder: Any) -> _Acoustic:
+    if not _is_cfm(ckpt):
+        from gsv_export.sovits import export_sovits_graphs, verify_sovits
+
+        return _Acoustic(
+            "SoVITS",
+            lambda work, fmts, precs: export_sovits_graphs(model, work, fmts, precs),
+            lambda work, graphs: verify_sovits(work, graphs, model, ckpt.version),
+            lambda audio: audio,
+            {},
+        )
+    from gsv_export.cfm import cfm_audio_section, export_cfm_graphs, load_vocoder, verify_cfm
+    from gsv_runtime.bundle import sha256_file
+
+    voc = load_vocoder(ckpt.version, vocoder)
+    voc_path = Path(vocoder)
+    weights = voc_path / "bigvgan_generator.pt" if voc_path.is_dir() else voc_path
+    sources = {
+        "vocoder": {
+            "file": voc_path.name,
+            "sha256": sha256_file(weights),
+            "size_bytes": weights.stat().st_size,
+        }
+    }
+    if ckpt.base is not None:
+        base = Path(ckpt.base)
+        sources["sovits_base"] = {
+            "file": base.name,
+            "sha256": ckpt.base_sha256,
+            "size_bytes": base.stat().st_size,
+        }
+    return _Acoustic(
+        "CFM",
+        lambda work, fmts, precs: export_cfm_graphs(model, voc, work, fmts, precs),
+        lambda work, graphs: verify_cfm(work, graphs, model, voc),
+        lambda audio: cfm_audio_section(model, voc),
+        sources,
+    )
 
 
 def export_bundle(
@@ -134,6 +202,8 @@ def export_bundle(
     verify: bool = True,
     support: str | None = None,
     voices: str = "refuse",
+    vocoder: str | os.PathLike[str] | None = None,
+    sovits_base: str | os.PathLike[str] | None = None,
     progress: Progress = _LOGGER.info,
 ) -> Manifest:
     """Export one voice (a GPT ``.ckpt`` and a SoVITS ``.pth``) to a bundle directory.
@@ -151,6 +221,10 @@ def export_bundle(
             relative to ``out`` for the runtime to find.
         voices: an existing bundle's saved voices: ``keep`` (carried over), ``drop``, or
             ``refuse`` to export over them (the default).
+        vocoder: v3/v4 only: upstream's vocoder, the BigVGAN model folder (v3) or
+            ``gsv-v4-pretrained/vocoder.pth`` (v4).
+        sovits_base: v3/v4 LoRA fine-tunes only: the full pretrained SoVITS they were trained
+            from (``s2Gv3.pth`` / ``s2Gv4.pth``); the LoRA factors are merged into it.
         progress: called with one line per stage.
 
     Returns:
@@ -160,7 +234,6 @@ def export_bundle(
         CheckpointError, InputError, BundleError, ParityError: nothing is left at ``out``.
     """
     from gsv_export.gpt import export_gpt_graphs, verify_gpt
-    from gsv_export.sovits import export_sovits_graphs, verify_sovits
     from gsv_models.load import load_model
 
     fmts = _choices(formats, FORMATS, "format")
@@ -169,25 +242,28 @@ def export_bundle(
     check_voices(out_path, voices)  # before loading anything
     with _stage(progress, "loading checkpoints"):
         gpt_ckpt, gpt_model = load_model(gpt, "gpt")
-        sovits_ckpt, sovits_model = load_model(sovits, "sovits")
-        _check_pair(gpt_ckpt, sovits_ckpt)
+        sovits_ckpt, sovits_model = load_model(sovits, "sovits", base=sovits_base)
+        _check_pair(gpt_ckpt, sovits_ckpt, vocoder)
+        acoustic = _acoustic(sovits_ckpt, sovits_model, vocoder)
     with staging_dir(out_path, voices) as work:
         with _stage(progress, "exporting GPT graphs"):
             graphs = export_gpt_graphs(gpt_model, work, fmts, precs)
-        with _stage(progress, "exporting SoVITS graphs"):
-            graphs.update(export_sovits_graphs(sovits_model, work, fmts, precs))
+        with _stage(progress, f"exporting {acoustic.label} graphs"):
+            graphs.update(acoustic.export(work, fmts, precs))
         share_onnx_weights(work, graphs)  # before the parity check, which reads the final files
         report = ParityReport()
         if verify:
             with _stage(progress, "checking parity against PyTorch"):
                 report.extend(verify_gpt(work, graphs, gpt_model))
-                report.extend(verify_sovits(work, graphs, sovits_model, sovits_ckpt.version))
+                report.extend(acoustic.verify(work, graphs))
             for check in report.checks:
                 progress("  " + check.line())
             report.raise_if_failed()
         if support is not None:
             support = os.path.relpath(Path(support).resolve(), out_path.resolve())
         sections = _voice_sections(gpt_ckpt, sovits_ckpt, support)
+        sections["audio"] = acoustic.audio(sections["audio"])
+        sections["source"].update(acoustic.sources)
         sections["parity"] = {"checks": [c.to_dict() for c in report.checks]}
         if "fp32" not in {p.strip().lower() for p in precisions}:
             graphs = drop_reference_variants(work, graphs)

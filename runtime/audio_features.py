@@ -227,3 +227,85 @@ def sv_fbank(wav32k: np.ndarray) -> np.ndarray:
     ``kaldi_fbank(sinc_resample(wav32k, 32000, 16000))``.
     """
     return kaldi_fbank(sinc_resample(wav32k, SOVITS_SAMPLE_RATE, SV_SAMPLE_RATE))
+
+
+MEL_LOG_FLOOR: Final = 1e-5
+"""Floor of the mel energies before the natural log (upstream ``spectral_normalize_torch``)."""
+_SLANEY_LINEAR_HZ: Final = 200.0 / 3
+"""Slaney mel scale: one mel per 66.7 Hz below :data:`_SLANEY_LOG_HZ` ..."""
+_SLANEY_LOG_HZ: Final = 1000.0
+_SLANEY_LOG_STEP: Final = math.log(6.4) / 27.0
+"""... and logarithmic above it (27 mels per factor 6.4)."""
+
+
+def _hz_to_slaney(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / _SLANEY_LINEAR_HZ
+    log_mel0 = _SLANEY_LOG_HZ / _SLANEY_LINEAR_HZ
+    above = hz >= _SLANEY_LOG_HZ
+    safe = np.where(above, hz, _SLANEY_LOG_HZ)
+    return np.where(above, log_mel0 + np.log(safe / _SLANEY_LOG_HZ) / _SLANEY_LOG_STEP, mel)
+
+
+def _slaney_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    log_mel0 = _SLANEY_LOG_HZ / _SLANEY_LINEAR_HZ
+    hz = mel * _SLANEY_LINEAR_HZ
+    return np.where(
+        mel >= log_mel0, _SLANEY_LOG_HZ * np.exp(_SLANEY_LOG_STEP * (mel - log_mel0)), hz
+    )
+
+
+@lru_cache(maxsize=8)
+def slaney_mel_banks(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
+    """Area-normalised triangular mel filters on the Slaney scale, float32 [n_mels, n_fft/2+1].
+
+    What ``librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)`` returns with
+    its defaults (``htk=False``, ``norm="slaney"``), which upstream's ``mel_spectrogram_torch``
+    (``module/mel_processing.py``) uses for the v3/v4 reference mel: ``n_mels + 2`` edges evenly
+    spaced in mel from ``fmin`` to ``fmax`` (Nyquist when None), each filter ``max(0,
+    min(rising, falling))`` over the FFT bin frequencies, scaled by ``2 / (right − left)`` Hz.
+    Computed in float64, returned read-only float32.
+    """
+    top = sample_rate / 2.0 if fmax is None else float(fmax)
+    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)  # (bins,)
+    edges = _slaney_to_hz(np.linspace(_hz_to_slaney(fmin), _hz_to_slaney(top), n_mels + 2))
+    widths = np.diff(edges)  # (n_mels + 1,)
+    ramps = edges[:, None] - freqs[None, :]  # (n_mels + 2, bins)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    banks = np.maximum(0.0, np.minimum(rising, falling))
+    banks *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    out = banks.astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def log_mel_spectrogram(
+    wav: np.ndarray,
+    sample_rate: int,
+    n_fft: int,
+    hop: int,
+    win: int,
+    n_mels: int,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+) -> np.ndarray:
+    """Natural-log Slaney mel spectrogram of upstream ``mel_spectrogram_torch`` (center=False).
+
+    :func:`linear_spectrogram` (reflect pad ``(n_fft − hop) // 2``, periodic Hann,
+    ``sqrt(power + 1e-8)``), then :func:`slaney_mel_banks` and ``log(max(mel, 1e-5))``. The
+    v3 reference mel is ``(24000, 1024, 256, 1024, 100)``, v4's ``(32000, 1280, 320, 1280,
+    100)`` (upstream ``TTS_infer_pack/TTS.py::mel_fn`` / ``mel_fn_v4``).
+
+    Returns:
+        float32 [..., n_mels, frames].
+
+    Raises:
+        InputError: as :func:`linear_spectrogram`.
+    """
+    spec = linear_spectrogram(wav, n_fft, hop, win)  # (..., bins, T)
+    mel = np.matmul(slaney_mel_banks(int(sample_rate), int(n_fft), int(n_mels), fmin, fmax), spec)
+    return np.log(np.maximum(mel, np.float32(MEL_LOG_FLOOR))).astype(np.float32, copy=False)

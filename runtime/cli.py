@@ -163,6 +163,16 @@ _VOICE_PRECISION_OPTION = click.option(
     help="Exporting over a bundle with saved voices: carry them over or discard them "
     "(without this option such an export is refused).",
 )
+@click.option(
+    "--vocoder",
+    type=click.Path(path_type=Path),
+    help="v3/v4 only: the BigVGAN model folder (v3) or gsv-v4-pretrained/vocoder.pth (v4).",
+)
+@click.option(
+    "--sovits-base",
+    type=click.Path(path_type=Path),
+    help="v3/v4 LoRA fine-tunes only: the pretrained s2Gv3.pth / s2Gv4.pth they extend.",
+)
 def export_cmd(
     gpt: Path,
     sovits: Path,
@@ -172,6 +182,8 @@ def export_cmd(
     support: Path | None,
     verify: bool,
     voices: str | None,
+    vocoder: Path | None,
+    sovits_base: Path | None,
 ) -> None:
     """Export a voice (GPT + SoVITS checkpoints) to an ONNX/OpenVINO bundle."""
     from gsv_export import export_bundle
@@ -187,6 +199,8 @@ def export_cmd(
             verify=verify,
             support=str(support) if support else None,
             voices=voices or "refuse",
+            vocoder=vocoder,
+            sovits_base=sovits_base,
             progress=progress,
         )
 

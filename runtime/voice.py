@@ -24,6 +24,7 @@ from gsv_runtime.errors import BundleError, InputError
 VOICES_DIR: Final = "voices"
 VOICE_FORMAT_VERSION: Final = 1
 _ARRAYS: Final = ("prompt_tokens", "prompt_phones", "prompt_bert", "ge")
+_OPTIONAL_ARRAYS: Final = ("ref_mel",)
 MAX_ARRAY_BYTES: Final = 64 << 20
 """A saved voice's array larger than this (uncompressed) is refused before it is read."""
 MAX_JSON_BYTES: Final = 1 << 20
@@ -46,6 +47,9 @@ class Voice:
     prompt_lang: str = ""
     symbols_version: str = "v2"
     name: str | None = None
+    ref_mel: np.ndarray | None = None
+    """v3/v4 (CFM) voices only: [n_mels, T] float32 natural-log mel of the main reference at
+    the bundle's mel rate (``audio.mel``), the prompt the flow continues; None for v1–v2ProPlus."""
 
     @property
     def mean_ge(self) -> np.ndarray:
@@ -63,6 +67,7 @@ class Voice:
             self.prompt_lang,
             self.symbols_version,
             self.name,
+            self.ref_mel,
         )
 
     def save(self, bundle_root: str | Path, name: str) -> Path:
@@ -98,6 +103,7 @@ class Voice:
             prompt_phones=self.prompt_phones,
             prompt_bert=self.prompt_bert,
             ge=self.ge,
+            **({} if self.ref_mel is None else {"ref_mel": self.ref_mel}),
         )
         if target.exists():
             old = target.with_name(f".{name}.old")
@@ -139,6 +145,7 @@ class Voice:
                 prompt_lang=str(meta.get("prompt_lang", "")),
                 symbols_version=str(meta.get("symbols_version", "v2")),
                 name=name,
+                ref_mel=data["ref_mel"].astype(np.float32) if "ref_mel" in data else None,
             )
             version = meta.get("format_version", 0)
             if not isinstance(version, int):
@@ -170,6 +177,10 @@ class Voice:
             problems.append("prompt_bert must have one row per prompt phone")
         if self.ge.ndim != 3 or self.ge.shape[0] < 1 or self.ge.shape[2] != 1:
             problems.append(f"ge must be [R, gin, 1], got {self.ge.shape}")
+        if self.ref_mel is not None and (self.ref_mel.ndim != 2 or self.ref_mel.shape[1] < 1):
+            problems.append(f"ref_mel must be [n_mels, T ≥ 1], got {self.ref_mel.shape}")
+        elif self.ref_mel is not None and not np.isfinite(self.ref_mel).all():
+            problems.append("non-finite ref_mel")
         if not (np.isfinite(self.ge).all() and np.isfinite(self.prompt_bert).all()):
             problems.append("non-finite values")
         if (
@@ -188,7 +199,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             if info.file_size > MAX_ARRAY_BYTES:
                 raise ValueError(f"{info.filename} inflates to {info.file_size} bytes")
     with np.load(path, allow_pickle=False) as arrays:
-        return {k: arrays[k] for k in _ARRAYS}
+        required = {k: arrays[k] for k in _ARRAYS}  # a missing one raises KeyError
+        return required | {k: arrays[k] for k in _OPTIONAL_ARRAYS if k in arrays.files}
 
 
 def saved_voices(bundle_root: str | Path) -> list[str]:

@@ -22,7 +22,7 @@ from gsv_runtime.errors import BundleError
 if TYPE_CHECKING:
     from gsv_runtime.voice import Voice
 
-FAMILIES = ("vits",)
+FAMILIES = ("vits", "cfm")
 """Acoustic families this runtime can run (``audio.family`` in a voice manifest)."""
 
 
@@ -96,6 +96,10 @@ def load_acoustic(
         from gsv_runtime.acoustic.sovits import SoVITSStage
 
         return SoVITSStage.from_bundle(bundle, backend, options, precision)
+    if family == "cfm":
+        from gsv_runtime.acoustic.cfm import CfmStage
+
+        return CfmStage.from_bundle(bundle, backend, options, precision)
     raise BundleError(
         f"{bundle.root}: acoustic family {family!r} is not supported by this runtime "
         f"(supported: {', '.join(FAMILIES)})"

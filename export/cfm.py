@@ -1,0 +1,646 @@
+"""v3/v4 SoVITS graphs (CFM + vocoder): declarations, traceable wrappers, export and parity.
+
+Six graphs; ``B`` is the batch. The Euler loop, the sampler settings, chunking, the reference
+mel and the start noise stay on the host (:mod:`gsv_runtime.acoustic.cfm`).
+
+``sovits_prompt`` and ``sovits_ref``: as for v2 (:mod:`gsv_export.sovits`); v3/v4 take no
+speaker vector.
+
+``cfm_encoder`` (upstream ``SynthesizerTrnV3.decode_encp`` after ``ge``)::
+
+    in   codes            int64   [B, codes]          25 Hz semantic codes, right-padded
+    in   code_lengths     int64   [B]
+    in   phones           int64   [B, phones]         v2 phone ids, right-padded
+    in   phone_lengths    int64   [B]
+    in   ge               float32 [B, gin, 1]
+    in   frame_lengths    int64   [B]                 50 Hz frames after the speed change:
+                                                      2·n, else int(2·n / speed) + 1
+    in   feature_lengths  int64   [B]                 unmasked mel-rate frames (upstream's
+                                                      wns1 mask, see acoustic.cfm)
+    out  features         float32 [B, text_dim, frames]  frames = floor(max(frame_lengths) ·
+                                                      1.875 (v3) | 2 (v4)); zero past a row's
+                                                      feature_lengths
+
+``cfm_embed`` (once per chunk: the DiT's text and step-size embeddings)::
+
+    in   features         float32 [B, text_dim, T]    [prompt | chunk] features, unpadded
+    in   dt               float32 [B]                 1 / sample_steps
+    out  text             float32 [B, T, text_dim]
+    out  step             float32 [B, dim]
+
+``cfm_step`` (one DiT velocity; the host integrates ``x += dt · v``)::
+
+    in   x                float32 [B, mel, T]         noisy mel (prompt frames zero)
+    in   cond             float32 [B, mel, T]         prompt mel, zero past the prompt
+    in   text             float32 [B, T, text_dim]    from cfm_embed
+    in   time             float32 [B]                 flow time in [0, 1)
+    in   step             float32 [B, dim]            from cfm_embed
+    in   lengths          int64   [B]                 valid frames (keys past them masked)
+    out  v                float32 [B, mel, T]
+
+``cfm_vocoder`` (v3: BigVGAN-v2 24 kHz; v4: HiFiGAN-style generator 48 kHz)::
+
+    in   mel              float32 [B, mel, frames]    denormalised log-mel
+    out  wav              float32 [B, samples]        frames · 256 (v3) | 480 (v4)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gsv_export.graph_io import GraphDecl, export_onnx, tensor, to_numpy, to_openvino
+from gsv_export.parity import Check, ParityReport, relative_max_diff, snr_db
+from gsv_export.sovits import PromptGraph, RefGraph, _probe_audio
+from gsv_models.modules import sequence_mask
+from gsv_models.sovits_v3 import MASK_FRAMES_PER_CODE, SoVITSV3Model
+from gsv_models.version import ModelVersion
+from gsv_runtime.acoustic.cfm import (
+    EMBED,
+    ENCODER,
+    STEP,
+    VOCODER,
+    feature_lengths,
+    stretched_frames,
+)
+from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
+from gsv_runtime.audio_features import linear_spectrogram
+from gsv_runtime.backends import RunnerOptions, make_runner
+from gsv_runtime.bundle import GraphFile, GraphSpec
+from gsv_runtime.errors import CheckpointError
+
+_LOGGER = logging.getLogger(__name__)
+
+SNR_MIN_DB: Final = 60.0
+"""fp32 outputs vs torch, per output and case."""
+BF16_SNR_MIN_DB: Final = 15.0
+"""OpenVINO compiled in bf16 vs torch fp32 (a floor against broken graphs, not a quality bar)."""
+REF_RELATIVE_MAX: Final = 1e-4
+T_REF: Final[dict[ModelVersion, int]] = {ModelVersion.V3: 468, ModelVersion.V4: 500}
+"""Most prompt frames a chunk carries (upstream ``TTS.py::init_vocoder``)."""
+T_CHUNK: Final[dict[ModelVersion, int]] = {ModelVersion.V3: 934, ModelVersion.V4: 1000}
+"""Prompt + target frames of one chunk."""
+REF_MEL: Final[dict[ModelVersion, dict[str, Any]]] = {
+    ModelVersion.V3: {
+        "sample_rate": 24000,
+        "n_fft": 1024,
+        "hop": 256,
+        "win": 1024,
+        "n_mels": 100,
+        "fmin": 0.0,
+        "fmax": None,
+    },
+    ModelVersion.V4: {
+        "sample_rate": 32000,
+        "n_fft": 1280,
+        "hop": 320,
+        "win": 1280,
+        "n_mels": 100,
+        "fmin": 0.0,
+        "fmax": None,
+    },
+}
+"""Reference mel of upstream ``TTS.py`` (``mel_fn`` / ``mel_fn_v4``)."""
+SPEC_MIN: Final = -12.0
+SPEC_MAX: Final = 2.0
+SPEEDS: Final = (1.0, 1.25)
+
+_BACKEND_OF_FORMAT: Final = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+# --------------------------------------------------------------------------------------------
+# vocoder and manifest
+
+
+def load_vocoder(version: ModelVersion, path: str | Path) -> nn.Module:
+    """The vocoder a v3 (BigVGAN model folder) or v4 (``vocoder.pth``) voice uses, eval mode.
+
+    Raises:
+        CheckpointError: a missing path, or a vocoder of the other kind.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: vocoder not found")
+    if version is ModelVersion.V3:
+        from gsv_models.bigvgan import load_bigvgan
+
+        if not path.is_dir():
+            raise CheckpointError(
+                f"{path}: a v3 voice needs the BigVGAN model folder (config.json + "
+                "bigvgan_generator.pt, upstream's models--nvidia--bigvgan_v2_24khz_100band_256x)"
+            )
+        return load_bigvgan(path).eval()
+    from gsv_models.vocoder_v4 import load_v4_vocoder
+
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a v4 voice needs upstream's vocoder.pth, not a folder")
+    return load_v4_vocoder(path).eval()
+
+
+def vocoder_rate(version: ModelVersion, vocoder: nn.Module) -> tuple[int, int]:
+    """``(sample_rate, samples per mel frame)`` of a vocoder."""
+    if version is ModelVersion.V3:
+        return int(vocoder.cfg.sampling_rate), int(vocoder.cfg.hop)  # type: ignore[union-attr]
+    return 48000, int(math.prod(vocoder.upsample_rates))  # type: ignore[arg-type]
+
+
+def cfm_audio_section(model: SoVITSV3Model, vocoder: nn.Module, steps: int = 32) -> dict[str, Any]:
+    """The manifest's ``audio`` section of a v3/v4 voice (what ``acoustic.cfm`` reads)."""
+    version = model.cfg.version
+    s2 = model.cfg.sovits
+    rate, hop = vocoder_rate(version, vocoder)
+    mel = REF_MEL[version]
+    if rate * (mel["hop"] / mel["sample_rate"]) != hop:
+        raise CheckpointError(
+            f"the vocoder makes {hop} samples per frame at {rate} Hz; a {version.value} voice's "
+            f"mels need {rate * mel['hop'] // mel['sample_rate']}"
+        )
+    return {
+        "family": "cfm",
+        "sample_rate": rate,
+        "samples_per_frame": hop,
+        "samples_per_token": round(2 * model.cfg.feature_upsample * hop),
+        "hop_length": s2.hop_length,
+        "ref_sample_rate": s2.sampling_rate,
+        "ssl_sample_rate": 16000,
+        "spec": {"n_fft": s2.filter_length, "hop": s2.hop_length, "win": s2.win_length},
+        "mel": dict(mel),
+        "cfm": {
+            "feature_upsample": model.cfg.feature_upsample,
+            "mask_frames_per_code": MASK_FRAMES_PER_CODE[version],
+            "spec_min": SPEC_MIN,
+            "spec_max": SPEC_MAX,
+            "t_ref": T_REF[version],
+            "t_chunk": T_CHUNK[version],
+            "steps": steps,
+            "temperature": 1.0,
+            "cfg_rate": 0.0,
+            "cfg_drops_text": True,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# declarations and wrappers
+
+
+def cfm_decls(model: SoVITSV3Model, vocoder: nn.Module) -> dict[str, GraphDecl]:
+    """The six graph declarations (see the module docstring)."""
+    s2, dit = model.cfg.sovits, model.cfg.dit
+    meta = {"gsv.model_version": model.cfg.version.value}
+    _, hop = vocoder_rate(model.cfg.version, vocoder)
+    mel, text = dit.mel_dim, dit.text_dim
+    return {
+        PROMPT: GraphDecl(
+            PROMPT,
+            {"ssl": tensor("float32", "batch", s2.ssl_dim, "ssl_frames")},
+            {"codes": tensor("int64", "batch", "code_frames")},
+            atol=0.0,
+            metadata=meta,
+        ),
+        REF: GraphDecl(
+            REF,
+            {
+                "spec": tensor("float32", "batch", s2.spec_channels, "spec_frames"),
+                "spec_lengths": tensor("int64", "batch"),
+            },
+            {"ge": tensor("float32", "batch", s2.gin_channels, 1)},
+            atol=REF_RELATIVE_MAX,
+            metadata=meta,
+        ),
+        ENCODER: GraphDecl(
+            ENCODER,
+            {
+                "codes": tensor("int64", "batch", "codes"),
+                "code_lengths": tensor("int64", "batch"),
+                "phones": tensor("int64", "batch", "phones"),
+                "phone_lengths": tensor("int64", "batch"),
+                "ge": tensor("float32", "batch", s2.gin_channels, 1),
+                "frame_lengths": tensor("int64", "batch"),
+                "feature_lengths": tensor("int64", "batch"),
+            },
+            {"features": tensor("float32", "batch", text, "frames")},
+            metadata=meta,
+        ),
+        EMBED: GraphDecl(
+            EMBED,
+            {
+                "features": tensor("float32", "batch", text, "frames"),
+                "dt": tensor("float32", "batch"),
+            },
+            {
+                "text": tensor("float32", "batch", "frames", text),
+                "step": tensor("float32", "batch", dit.dim),
+            },
+            metadata=meta,
+        ),
+        STEP: GraphDecl(
+            STEP,
+            {
+                "x": tensor("float32", "batch", mel, "frames"),
+                "cond": tensor("float32", "batch", mel, "frames"),
+                "text": tensor("float32", "batch", "frames", text),
+                "time": tensor("float32", "batch"),
+                "step": tensor("float32", "batch", dit.dim),
+                "lengths": tensor("int64", "batch"),
+            },
+            {"v": tensor("float32", "batch", mel, "frames")},
+            metadata=meta,
+        ),
+        VOCODER: GraphDecl(
+            VOCODER,
+            {"mel": tensor("float32", "batch", mel, "frames")},
+            {"wav": tensor("float32", "batch", "samples")},
+            metadata={**meta, "gsv.samples_per_frame": str(hop)},
+        ),
+    }
+
+
+class EncoderGraph(nn.Module):
+    """``cfm_encoder``: :meth:`SoVITSV3Model.decode_features` with the speed as per-row lengths.
+
+    The host computes ``frame_lengths`` and ``feature_lengths`` in float64 exactly as upstream
+    (a float speed inside the graph would round some lengths differently).
+    """
+
+    def __init__(self, model: SoVITSV3Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        codes: torch.Tensor,
+        code_lengths: torch.Tensor,
+        phones: torch.Tensor,
+        phone_lengths: torch.Tensor,
+        ge: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        feature_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        m = self.model
+        quantized = m.quantizer.decode(codes)  # (B, ssl_dim, T)
+        quantized = F.interpolate(quantized, size=2 * quantized.shape[2], mode="nearest")
+        x, _, _ = m.enc_p.content(
+            quantized, 2 * code_lengths, phones, phone_lengths, ge, frame_lengths=frame_lengths
+        )
+        fea = F.interpolate(m.bridge(x), scale_factor=m.cfg.feature_upsample, mode="nearest")
+        mask = sequence_mask(feature_lengths, fea.shape[2]).unsqueeze(1).to(fea.dtype)
+        return m.wns1(fea, mask, ge)  # (B, text_dim, F)
+
+
+class EmbedGraph(nn.Module):
+    """``cfm_embed``: the DiT's per-chunk text embedding and step-size embedding."""
+
+    def __init__(self, model: SoVITSV3Model) -> None:
+        super().__init__()
+        self.dit = model.cfm.estimator
+
+    def forward(self, features: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.dit.embed_text(features), self.dit.embed_step(dt)
+
+
+class StepGraph(nn.Module):
+    """``cfm_step``: one :meth:`DiT.velocity` call."""
+
+    def __init__(self, model: SoVITSV3Model) -> None:
+        super().__init__()
+        self.dit = model.cfm.estimator
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        time: torch.Tensor,
+        step: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.dit.velocity(x, cond, text, time, step, lengths)
+
+
+class VocoderGraph(nn.Module):
+    """``cfm_vocoder``: mel → waveform without the channel axis."""
+
+    def __init__(self, vocoder: nn.Module) -> None:
+        super().__init__()
+        self.vocoder = vocoder
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.vocoder(mel).squeeze(1)
+
+
+class _StaticLayerNorm:
+    """``torch.nn.functional`` whose ``layer_norm`` takes its shape as plain ints.
+
+    The DiT normalises with ``x.shape[-1:]``, which the TorchScript tracer records as a
+    dynamic shape that ONNX's LayerNormalization cannot take; the width is fixed anyway.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(F, name)
+
+    @staticmethod
+    def layer_norm(x: torch.Tensor, shape: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return F.layer_norm(x, tuple(int(s) for s in shape), *args, **kwargs)
+
+
+@contextmanager
+def _patched_for_export() -> Iterator[None]:
+    """Patch the DiT module's functional namespace while tracing (the model is unchanged)."""
+    import gsv_models.dit as dit_module
+
+    original = dit_module.F
+    dit_module.F = _StaticLayerNorm()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        dit_module.F = original
+
+
+def _wrapper(model: SoVITSV3Model, vocoder: nn.Module, name: str) -> nn.Module:
+    wrappers = {
+        PROMPT: lambda: PromptGraph(model),  # type: ignore[arg-type]
+        REF: lambda: RefGraph(model),  # type: ignore[arg-type]
+        ENCODER: lambda: EncoderGraph(model),
+        EMBED: lambda: EmbedGraph(model),
+        STEP: lambda: StepGraph(model),
+        VOCODER: lambda: VocoderGraph(vocoder),
+    }
+    return wrappers[name]()
+
+
+def _trace_inputs(model: SoVITSV3Model, name: str) -> tuple[torch.Tensor, ...]:
+    """Small inputs whose dynamic dims are all distinct (so tracing keeps them symbolic)."""
+    s2, dit = model.cfg.sovits, model.cfg.dit
+    g = torch.Generator().manual_seed(0)
+    if name == PROMPT:
+        return (torch.randn(2, s2.ssl_dim, 22, generator=g),)
+    if name == REF:
+        return (torch.rand(2, s2.spec_channels, 19, generator=g), torch.tensor([19, 13]))
+    if name == ENCODER:
+        n = [11, 7]
+        frames = stretched_frames(n, [1.25, 1.25])
+        version = model.cfg.version
+        lengths = feature_lengths(
+            n, [1.25, 1.25], model.cfg.feature_upsample, MASK_FRAMES_PER_CODE[version]
+        )
+        return (
+            torch.randint(0, s2.codebook_size, (2, 11), generator=g),
+            torch.tensor(n),
+            torch.randint(0, s2.n_symbols, (2, 5), generator=g),
+            torch.tensor([5, 3]),
+            torch.randn(2, s2.gin_channels, 1, generator=g),
+            torch.from_numpy(frames),
+            torch.from_numpy(lengths),
+        )
+    if name == EMBED:
+        return (torch.randn(2, dit.text_dim, 17, generator=g), torch.full((2,), 1 / 8))
+    if name == STEP:
+        t = 17
+        return (
+            torch.randn(2, dit.mel_dim, t, generator=g),
+            torch.randn(2, dit.mel_dim, t, generator=g),
+            torch.randn(2, t, dit.text_dim, generator=g),
+            torch.tensor([0.25, 0.5]),
+            torch.randn(2, dit.dim, generator=g),
+            torch.tensor([17, 12]),
+        )
+    return (torch.randn(2, dit.mel_dim, 9, generator=g) - 5,)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def export_cfm_graphs(
+    model: SoVITSV3Model,
+    vocoder: nn.Module,
+    work_dir: Path,
+    formats: Sequence[str] = ("onnx", "openvino"),
+    precisions: Sequence[str] = ("fp32",),
+) -> dict[str, GraphSpec]:
+    """Write the six v3/v4 graphs under ``work_dir`` and return their manifest entries.
+
+    fp32 is always written; bf16 is an OpenVINO compile hint on the fp32 IR (as for v2).
+    fp16 and int8 are not offered for the CFM graphs yet and are skipped with a log line.
+
+    Raises:
+        ValueError: an unknown format.
+        gsv_export.graph_io.ExportError: a graph failed to export or convert.
+    """
+    unknown = [f for f in formats if f not in _BACKEND_OF_FORMAT]
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; accepted: onnx, openvino")
+    skipped = [p for p in precisions if p in ("fp16", "int8")]
+    if skipped:
+        _LOGGER.info("CFM graphs: %s not offered yet; skipping", ", ".join(skipped))
+    work_dir = Path(work_dir)
+    model, vocoder = model.eval(), vocoder.eval()
+    keep_onnx = "onnx" in formats
+    onnx_dir = work_dir / "onnx" if keep_onnx else work_dir / ".cfm-onnx-tmp"
+    specs: dict[str, GraphSpec] = {}
+    try:
+        for name, decl in cfm_decls(model, vocoder).items():
+            with _patched_for_export():
+                onnx_path = export_onnx(
+                    _wrapper(model, vocoder, name),
+                    _trace_inputs(model, name),
+                    decl,
+                    onnx_dir / f"{name}.onnx",
+                )
+            specs[name] = decl.spec(_write_variants(onnx_path, work_dir, formats, precisions))
+    finally:
+        if not keep_onnx:
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+    return specs
+
+
+def _write_variants(
+    onnx_path: Path, work_dir: Path, formats: Sequence[str], precisions: Sequence[str]
+) -> list[GraphFile]:
+    variants: list[GraphFile] = []
+    if "onnx" in formats:
+        variants.append(GraphFile("onnx", "fp32", onnx_path.relative_to(work_dir).as_posix()))
+    if "openvino" in formats:
+        xml = to_openvino(onnx_path, work_dir / "openvino" / f"{onnx_path.stem}.xml")
+        rel = xml.relative_to(work_dir).as_posix()
+        variants.append(GraphFile("openvino", "fp32", rel))
+        if "bf16" in precisions:
+            variants.append(GraphFile("openvino", "bf16", rel))
+    return variants
+
+
+# --------------------------------------------------------------------------------------------
+# parity
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One input set of one graph; ``speed`` is what the torch encoder decodes at."""
+
+    graph: str
+    name: str
+    feeds: dict[str, np.ndarray]
+    speed: float = 1.0
+
+
+def _randn(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def parity_cases(model: SoVITSV3Model, seed: int = 0) -> list[ParityCase]:
+    """Feeds for every graph on a small grid; downstream inputs come from torch upstream
+    stages (``ge`` → features → text embedding), so they are realistic."""
+    s2, dit = model.cfg.sovits, model.cfg.dit
+    version = model.cfg.version
+    rng = np.random.default_rng(seed)
+    specs = [
+        linear_spectrogram(_probe_audio(s, s2.sampling_rate, seed + i))
+        for i, s in enumerate((1.6, 1.0))
+    ]
+    ref = {
+        "spec": pad_rows(specs),
+        "spec_lengths": np.array([s.shape[-1] for s in specs], dtype=np.int64),
+    }
+    ge = torch_outputs(model, None, ParityCase(REF, "b2", ref))["ge"]
+    cases = [
+        ParityCase(PROMPT, "b2", {"ssl": _randn(rng, 2, s2.ssl_dim, 41)}),
+        ParityCase(REF, "b2", ref),
+    ]
+    n_codes, n_phones = [23, 14], [11, 6]
+    codes = [rng.integers(0, s2.codebook_size, n) for n in n_codes]
+    phones = [rng.integers(0, s2.n_symbols, n) for n in n_phones]
+    up, ratio = model.cfg.feature_upsample, MASK_FRAMES_PER_CODE[version]
+    grid = [(f"b2-speed{s:g}", [0, 1], s) for s in SPEEDS] + [("b1-speed1", [1], 1.0)]
+    for case, rows, speed in grid:
+        n = [n_codes[i] for i in rows]
+        feeds = {
+            "codes": pad_rows([codes[i] for i in rows], 7, "int64"),
+            "code_lengths": np.array(n, dtype=np.int64),
+            "phones": pad_rows([phones[i] for i in rows], 3, "int64"),
+            "phone_lengths": np.array([n_phones[i] for i in rows], dtype=np.int64),
+            "ge": np.ascontiguousarray(ge[rows]),
+            "frame_lengths": stretched_frames(n, [speed] * len(rows)),
+            "feature_lengths": feature_lengths(n, [speed] * len(rows), up, ratio),
+        }
+        cases.append(ParityCase(ENCODER, case, feeds, speed))
+    features = torch_outputs(model, None, cases[-1])["features"]  # (1, text_dim, F)
+    t = features.shape[2]
+    mu = np.concatenate([features, np.zeros_like(features)])  # a CFG pair: with and without
+    cases.append(ParityCase(EMBED, "b2-cfg", {"features": mu, "dt": np.full(2, 1 / 32, "f4")}))
+    emb = torch_outputs(model, None, cases[-1])
+    prompt = 10
+    x = _randn(rng, 2, dit.mel_dim, t)
+    x[..., :prompt] = 0
+    cond = np.zeros_like(x)
+    cond[0, :, :prompt] = np.tanh(_randn(rng, dit.mel_dim, prompt))
+    step = {
+        "x": x,
+        "cond": cond,
+        "text": emb["text"],
+        "time": np.array([0.0, 0.0], np.float32),
+        "step": emb["step"],
+        "lengths": np.array([t, t], np.int64),
+    }
+    cases.append(ParityCase(STEP, "b2-t0", step))
+    later = {**step, "time": np.array([0.75, 0.5], "f4"), "lengths": np.array([t, t - 5])}
+    cases.append(ParityCase(STEP, "b2-masked", later))
+    slope = np.linspace(-2.0, -9.0, dit.mel_dim, dtype=np.float32)[None, :, None]
+    mel = np.clip(slope + 1.5 * _randn(rng, 2, 1, 21) + _randn(rng, 2, dit.mel_dim, 21), -11, 2)
+    cases.append(ParityCase(VOCODER, "b2", {"mel": mel.astype(np.float32)}))
+    return cases
+
+
+def torch_outputs(
+    model: SoVITSV3Model, vocoder: nn.Module | None, case: ParityCase
+) -> dict[str, np.ndarray]:
+    """The reference outputs of a case from the torch modules."""
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in case.feeds.items()}
+    dit = model.cfm.estimator
+    with torch.no_grad():
+        if case.graph == PROMPT:
+            return {"codes": to_numpy(model.extract_latent(t["ssl"]))}
+        if case.graph == REF:
+            return {"ge": to_numpy(model.reference_embedding(t["spec"], t["spec_lengths"]))}
+        if case.graph == ENCODER:
+            fea, _ = model.decode_features(
+                t["codes"],
+                t["code_lengths"],
+                t["phones"],
+                t["phone_lengths"],
+                t["ge"],
+                case.speed,
+            )
+            return {"features": to_numpy(fea)}
+        if case.graph == EMBED:
+            text, step = dit.embed_text(t["features"]), dit.embed_step(t["dt"])
+            return {"text": to_numpy(text), "step": to_numpy(step)}
+        if case.graph == STEP:
+            v = dit.velocity(t["x"], t["cond"], t["text"], t["time"], t["step"], t["lengths"])
+            return {"v": to_numpy(v)}
+        assert vocoder is not None
+        return {"wav": to_numpy(vocoder(t["mel"])[:, 0])}
+
+
+def verify_cfm(
+    work_dir: Path,
+    specs: dict[str, GraphSpec],
+    model: SoVITSV3Model,
+    vocoder: nn.Module,
+    options: RunnerOptions | None = None,
+) -> ParityReport:
+    """Run every variant of every graph on its backend and compare with torch.
+
+    fp32: prompt codes identical, ``ge`` within :data:`REF_RELATIVE_MAX` relative, every other
+    output at an SNR of at least :data:`SNR_MIN_DB` and of the torch shape. OpenVINO bf16: SNR
+    at least :data:`BF16_SNR_MIN_DB`.
+    """
+    options = options or RunnerOptions()
+    version = model.cfg.version.value
+    cases = [c for c in parity_cases(model) if c.graph in specs]
+    expected = [torch_outputs(model, vocoder, c) for c in cases]
+    report = ParityReport()
+    for name, spec in specs.items():
+        for variant in spec.variants:
+            backend = _BACKEND_OF_FORMAT[variant.format]
+            hint = "bf16" if variant.precision == "bf16" else "f32"
+            runner = make_runner(
+                Path(work_dir) / variant.path, backend, replace(options, precision_hint=hint)
+            )
+            prefix = f"{version}/{name}/{backend}/{variant.precision}"
+            for case, ref in zip(cases, expected, strict=True):
+                if case.graph != name:
+                    continue
+                got = runner.run(case.feeds)
+                for what, value, limit, higher in _checks(case, ref, got, variant.precision):
+                    report.add(Check(f"{prefix}/{case.name}/{what}", value, limit, higher))
+    return report
+
+
+def _checks(
+    case: ParityCase, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], precision: str
+) -> list[tuple[str, float, float, bool]]:
+    """(what, value, limit, higher_is_better) for one run of one case."""
+    if case.graph == PROMPT:
+        same = ref["codes"].shape == got["codes"].shape
+        wrong = float(np.mean(ref["codes"] != got["codes"])) if same else 1.0
+        return [("codes_mismatch", wrong, 0.0 if precision == "fp32" else 0.1, False)]
+    if case.graph == REF and precision == "fp32":
+        return [("ge_rel", relative_max_diff(ref["ge"], got["ge"]), REF_RELATIVE_MAX, False)]
+    floor = SNR_MIN_DB if precision == "fp32" else BF16_SNR_MIN_DB
+    out = []
+    for key, value in ref.items():
+        snr = snr_db(value, got[key]) if value.shape == got[key].shape else -math.inf
+        out.append((f"{key}_snr_db", min(snr, 999.0), floor, True))
+    return out

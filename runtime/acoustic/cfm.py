@@ -1,0 +1,496 @@
+"""CFM stage (v3/v4): content features → flow-matching mel (host Euler loop) → vocoder waveform.
+
+Runs the graphs that ``gsv_export.cfm`` writes (their I/O is documented there) with numpy on
+the host, following upstream ``TTS_infer_pack/TTS.py::using_vocoder_synthesis`` (sequential
+mode):
+
+1. ``fea_ref`` = content features of the prompt (its tokens and phones, speed 1) and the
+   target's features (at the request's speed), both conditioned on the first reference's ``ge``
+   (upstream reads only the main reference for v3/v4);
+2. the prompt mel is the voice's reference log-mel normalised to [-1, 1]; both are cut to their
+   common length ``T_min``, at most ``T_ref`` (the last frames);
+3. the target is cut into chunks of ``T_chunk − T_min`` frames; each chunk runs the Euler loop
+   on ``[prompt | chunk]`` and keeps the chunk's frames; the next chunk's prompt is the last
+   ``T_min`` frames of this output and of this chunk's features;
+4. the chunks' mels, denormalised, go through the vocoder in one call.
+
+The start noise of a chunk's frames comes from the job's :class:`NoiseSource` at the target's
+mel frames, so a seed reproduces the audio on any backend. Classifier-free guidance (off in
+v3/v4, ``cfg_rate`` 0) runs its two passes as one batch of two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import numpy as np
+
+from gsv_runtime.acoustic import NoiseSource, VocodeJob
+from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
+from gsv_runtime.audio_features import log_mel_spectrogram, sinc_resample
+from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.bundle import Bundle, GraphSpec
+from gsv_runtime.errors import BundleError, InputError
+
+ENCODER: Final = "cfm_encoder"
+EMBED: Final = "cfm_embed"
+STEP: Final = "cfm_step"
+VOCODER: Final = "cfm_vocoder"
+GRAPHS: Final = (PROMPT, REF, ENCODER, EMBED, STEP, VOCODER)
+SYNTH_GRAPHS: Final = (ENCODER, EMBED, STEP, VOCODER)
+"""What synthesis needs once a voice is prepared."""
+CFG_THRESHOLD: Final = 1e-5
+"""Guidance runs only for ``cfg_rate`` above this (upstream's test)."""
+
+
+@dataclass(frozen=True)
+class CfmParams:
+    """What the host needs besides the graphs; the manifest's ``audio`` section holds it."""
+
+    sample_rate: int
+    """Output rate of the vocoder (24000 v3, 48000 v4)."""
+    hop: int
+    """Waveform samples per mel frame (256 v3, 480 v4)."""
+    feature_upsample: float
+    """Mel frames per 50 Hz content frame (1.875 v3, 2 v4)."""
+    mask_frames_per_code: float
+    """Upstream's ``wns1`` mask length per 25 Hz code (3.875 v3, 4 v4)."""
+    mel: dict[str, Any]
+    """Reference mel: sample_rate, n_fft, hop, win, n_mels, fmin, fmax."""
+    spec_min: float = -12.0
+    spec_max: float = 2.0
+    t_ref: int = 468
+    t_chunk: int = 934
+    steps: int = 32
+    temperature: float = 1.0
+    cfg_rate: float = 0.0
+    cfg_drops_text: bool = True
+
+    @classmethod
+    def from_audio(cls, audio: Mapping[str, Any], where: str = "bundle") -> CfmParams:
+        """Read the manifest's ``audio`` section.
+
+        Raises:
+            BundleError: a value is missing or of the wrong type.
+        """
+        try:
+            cfm = dict(audio["cfm"])
+            return cls(
+                sample_rate=int(audio["sample_rate"]),
+                hop=int(audio["samples_per_frame"]),
+                feature_upsample=float(cfm["feature_upsample"]),
+                mask_frames_per_code=float(cfm["mask_frames_per_code"]),
+                mel=dict(audio["mel"]),
+                spec_min=float(cfm["spec_min"]),
+                spec_max=float(cfm["spec_max"]),
+                t_ref=int(cfm["t_ref"]),
+                t_chunk=int(cfm["t_chunk"]),
+                steps=int(cfm["steps"]),
+                temperature=float(cfm["temperature"]),
+                cfg_rate=float(cfm["cfg_rate"]),
+                cfg_drops_text=bool(cfm["cfg_drops_text"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: the CFM audio section is incomplete ({exc!r})") from None
+
+    def normalize(self, mel: np.ndarray) -> np.ndarray:
+        """Log-mel → [-1, 1] (upstream ``norm_spec``)."""
+        return (mel - self.spec_min) / (self.spec_max - self.spec_min) * 2 - 1
+
+    def denormalize(self, mel: np.ndarray) -> np.ndarray:
+        """[-1, 1] → log-mel (upstream ``denorm_spec``)."""
+        return (mel + 1) / 2 * (self.spec_max - self.spec_min) + self.spec_min
+
+
+def stretched_frames(code_lengths: Sequence[int], speeds: Sequence[float]) -> np.ndarray:
+    """50 Hz content frames per row after the speed change: ``2·n``, else ``int(2n/s) + 1``."""
+    return np.array(
+        [
+            2 * int(n) if s == 1 else int(2 * int(n) / s) + 1
+            for n, s in zip(code_lengths, speeds, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
+def feature_frames(frames50: np.ndarray, upsample: float) -> np.ndarray:
+    """Mel-rate frames the nearest up-sampling yields: ``floor(frames · upsample)``."""
+    return np.array([int(int(f) * upsample) for f in frames50], dtype=np.int64)
+
+
+def feature_lengths(
+    code_lengths: Sequence[int], speeds: Sequence[float], upsample: float, mask_ratio: float
+) -> np.ndarray:
+    """Valid (unmasked) mel-rate frames per row, as ``SoVITSV3Model.feature_lengths``.
+
+    ``min(frames, floor(n · mask_ratio / speed) (+1 when speed ≠ 1))`` in Python float64, as
+    upstream computes the mask length in ``decode_encp``.
+    """
+    frames = feature_frames(stretched_frames(code_lengths, speeds), upsample)
+    masked = [
+        int(int(n) * mask_ratio / s) + (0 if s == 1 else 1)
+        for n, s in zip(code_lengths, speeds, strict=True)
+    ]
+    return np.minimum(frames, np.array(masked, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Euler steps, start-noise temperature and guidance of one synthesis."""
+
+    steps: int = 32
+    temperature: float = 1.0
+    cfg_rate: float = 0.0
+    cfg_drops_text: bool = True
+
+    def validate(self) -> None:
+        """Raise InputError naming the field that is out of range."""
+        if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= 1000:
+            raise InputError(f"sample_steps must be an integer in [1, 1000], got {self.steps!r}")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise InputError(f"temperature must be finite and > 0, got {self.temperature}")
+        if not (np.isfinite(self.cfg_rate) and self.cfg_rate >= 0):
+            raise InputError(f"cfg_rate must be finite and >= 0, got {self.cfg_rate}")
+
+
+class CfmStage:
+    """The CFM graphs of one v3/v4 voice bundle on one backend (see the module docstring).
+
+    Build it with :meth:`from_bundle`, or inject runners with the graphs' declarations.
+    ``sovits_prompt`` and ``sovits_ref`` are optional (a prepared voice needs neither).
+    """
+
+    def __init__(
+        self, specs: Mapping[str, GraphSpec], runners: Mapping[str, GraphRunner], params: CfmParams
+    ) -> None:
+        """Check each runner's input and output names against its declaration.
+
+        Raises:
+            BundleError: a synthesis graph is missing, or a runner's I/O differs from its spec.
+        """
+        missing = [g for g in SYNTH_GRAPHS if g not in runners or g not in specs]
+        if missing:
+            raise BundleError(f"the CFM stage needs the graphs {', '.join(missing)}")
+        for name, runner in runners.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise BundleError(f"runner {name!r} has no graph declaration")
+            want = (set(spec.inputs), set(spec.outputs))
+            have = (set(runner.input_names), set(runner.output_names))
+            if want != have:
+                raise BundleError(
+                    f"{name}: graph I/O {sorted(have[0])} → {sorted(have[1])} does not match "
+                    f"the manifest {sorted(want[0])} → {sorted(want[1])}"
+                )
+        self.specs = dict(specs)
+        self.runners = dict(runners)
+        self.params = params
+        step = specs[STEP].inputs
+        self.mel_dim = int(step["x"].shape[1])
+        self.text_dim = int(step["text"].shape[2])
+        self.ge_channels = int(specs[ENCODER].inputs["ge"].shape[1])
+        self.sample_rate = params.sample_rate
+        self.samples_per_token = round(2 * params.feature_upsample * params.hop)
+        """Output samples per 25 Hz token at speed 1 (960 v3, 1920 v4)."""
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        backend: BackendName = "onnxruntime",
+        options: RunnerOptions | None = None,
+        precision: str = "fp32",
+        graphs: Sequence[str] = GRAPHS,
+    ) -> CfmStage:
+        """Compile ``graphs`` (default: all six) of a v3/v4 voice bundle.
+
+        Raises:
+            BundleError: a graph or variant is missing, the audio section is incomplete, or a
+                graph's I/O differs from the manifest.
+            BackendError: the backend cannot compile a graph.
+        """
+        options = options or RunnerOptions()
+        if precision == "bf16" and backend == "openvino":
+            options = replace(options, precision_hint="bf16")
+        params = CfmParams.from_audio(bundle.manifest.audio, str(bundle.root))
+        specs = {name: bundle.graph(name) for name in graphs}
+        runners = {
+            name: make_runner(bundle.graph_path(name, backend, precision), backend, options)
+            for name in graphs
+        }
+        return cls(specs, runners, params)
+
+    def _runner(self, name: str) -> GraphRunner:
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise BundleError(f"this CFM stage was built without the {name} graph") from None
+
+    # ------------------------------------------------------------------ voice preparation
+
+    def prompt_codes(self, ssl_features: np.ndarray) -> np.ndarray:
+        """HuBERT features ``[768, T50]`` or ``[B, 768, T50]`` → prompt codes (25 Hz).
+
+        Raises:
+            InputError: wrong rank or fewer than 2 frames.
+        """
+        x = np.asarray(ssl_features, dtype=np.float32)
+        single = x.ndim == 2
+        x = x[None] if single else x
+        if x.ndim != 3 or x.shape[2] < 2:
+            raise InputError(f"ssl_features must be [C, T≥2] or [B, C, T≥2], got {x.shape}")
+        codes = self._runner(PROMPT).run({"ssl": np.ascontiguousarray(x)})["codes"]
+        return codes[0] if single else codes
+
+    def reference(self, spec: np.ndarray, sv: np.ndarray | None = None) -> np.ndarray:
+        """Linear spectrogram ``[1025, T]`` of the 32 kHz reference → ``ge [1, gin, 1]``.
+
+        Raises:
+            InputError: a bad shape, or a speaker vector (v3/v4 take none).
+        """
+        if sv is not None:
+            raise InputError("v3/v4 voices take no speaker vector")
+        spec = np.asarray(spec, dtype=np.float32)
+        if spec.ndim != 2 or spec.shape[1] < 1:
+            raise InputError(f"spec must be [bins, T], got shape {spec.shape}")
+        feeds = {
+            "spec": np.ascontiguousarray(spec[None]),
+            "spec_lengths": np.array([spec.shape[1]], dtype=np.int64),
+        }
+        return self._runner(REF).run(feeds)["ge"]
+
+    def reference_mel(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The voice's prompt mel: log-mel ``[n_mels, T]`` of the reference clip.
+
+        Upstream (``TTS.py::using_vocoder_synthesis``) reads the file's raw mono samples (no
+        peak limiting), resamples them with torchaudio's default to the mel rate (24 kHz v3,
+        32 kHz v4) and takes ``mel_spectrogram_torch``; here :func:`sinc_resample` and
+        :func:`log_mel_spectrogram` are those steps.
+
+        Raises:
+            InputError: no audio, or too short for one frame.
+        """
+        if wav is None or np.asarray(wav).ndim != 1 or sample_rate <= 0:
+            raise InputError("reference_mel needs the reference's mono samples and their rate")
+        m = self.params.mel
+        rate = int(m["sample_rate"])
+        audio = sinc_resample(np.asarray(wav, dtype=np.float32), int(sample_rate), rate)
+        fmax = None if m.get("fmax") is None else float(m["fmax"])
+        return log_mel_spectrogram(
+            audio,
+            rate,
+            int(m["n_fft"]),
+            int(m["hop"]),
+            int(m["win"]),
+            int(m["n_mels"]),
+            float(m.get("fmin", 0.0)),
+            fmax,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    def features(
+        self,
+        codes_list: Sequence[np.ndarray],
+        phones_list: Sequence[np.ndarray],
+        ge: np.ndarray,
+        speed: float | Sequence[float] = 1.0,
+    ) -> list[np.ndarray]:
+        """Content features per row, ``[text_dim, F_i]`` at the mel frame rate.
+
+        ``F_i`` counts every frame the up-sampling yields (upstream's ``decode_encp`` keeps the
+        masked last frame of some v4 lengths at speed ≠ 1, as zeros).
+
+        Raises:
+            InputError: empty rows, negative ids, bad ``ge`` or speed.
+        """
+        b = len(codes_list)
+        if b == 0 or len(phones_list) != b:
+            raise InputError(f"need ≥ 1 row and as many phone rows ({len(phones_list)}) as codes")
+        codes = [np.asarray(c, dtype=np.int64).ravel() for c in codes_list]
+        phones = [np.asarray(p, dtype=np.int64).ravel() for p in phones_list]
+        for kind, rows in (("codes", codes), ("phones", phones)):
+            if any(r.size == 0 for r in rows) or any(int(r.min()) < 0 for r in rows):
+                raise InputError(f"every row of {kind} must be non-empty with ids ≥ 0")
+        speeds = [float(speed)] * b if np.isscalar(speed) else [float(s) for s in speed]  # type: ignore[union-attr]
+        if len(speeds) != b or not all(0 < s < 100 for s in speeds):
+            raise InputError(f"speed must be in (0, 100), one value or one per row; got {speed}")
+        p = self.params
+        n = [c.size for c in codes]
+        frames50 = stretched_frames(n, speeds)
+        feeds = {
+            "codes": pad_rows(codes),
+            "code_lengths": np.array(n, dtype=np.int64),
+            "phones": pad_rows(phones),
+            "phone_lengths": np.array([x.size for x in phones], dtype=np.int64),
+            "ge": self._batch_ge(ge, b),
+            "frame_lengths": frames50,
+            "feature_lengths": feature_lengths(
+                n, speeds, p.feature_upsample, p.mask_frames_per_code
+            ),
+        }
+        out = self._runner(ENCODER).run(feeds)["features"]
+        frames = feature_frames(frames50, p.feature_upsample)
+        return [np.array(out[i, :, : int(f)], dtype=np.float32) for i, f in enumerate(frames)]
+
+    def sample(
+        self, mu: np.ndarray, prompt: np.ndarray, noise: np.ndarray, sampler: Sampler
+    ) -> np.ndarray:
+        """Euler-integrate one chunk from noise (t = 0) to a normalised mel (t = 1).
+
+        Mirrors upstream ``module/models.py::CFM.inference``: prompt frames of ``x`` are zero
+        at the start and after every step, time accumulates in Python floats, the text and
+        step embeddings are computed once.
+
+        Args:
+            mu: content features ``[text_dim, T]`` (prompt frames first).
+            prompt: normalised prompt mel ``[mel, P]``, ``P ≤ T``.
+            noise: standard-normal start noise ``[mel, T]`` (its first ``P`` frames unused).
+            sampler: steps, temperature, guidance.
+
+        Returns:
+            ``[mel, T]`` float32; the first ``P`` frames are zero.
+        """
+        sampler.validate()
+        c, t = mu.shape
+        p = prompt.shape[1]
+        if noise.shape != (self.mel_dim, t) or prompt.shape[0] != self.mel_dim or p > t:
+            raise InputError(
+                f"noise must be [{self.mel_dim}, {t}] and the prompt [{self.mel_dim}, ≤{t}]; "
+                f"got {noise.shape} and {prompt.shape}"
+            )
+        guided = sampler.cfg_rate > CFG_THRESHOLD
+        b = 2 if guided else 1
+        x = (noise * np.float32(sampler.temperature)).astype(np.float32)[None]
+        x[..., :p] = 0
+        cond = np.zeros((b, self.mel_dim, t), np.float32)
+        cond[0, :, :p] = prompt
+        mus = np.zeros((b, c, t), np.float32)
+        mus[0] = mu
+        if guided and not sampler.cfg_drops_text:
+            mus[1] = mu
+        d = 1.0 / sampler.steps
+        emb = self._runner(EMBED).run({"features": mus, "dt": np.full(b, d, np.float32)})
+        lengths = np.full(b, t, np.int64)
+        step = self._runner(STEP)
+        time = 0.0  # accumulated as upstream does (not j / steps)
+        for _ in range(sampler.steps):
+            feeds = {
+                "x": np.ascontiguousarray(np.broadcast_to(x, (b, self.mel_dim, t))),
+                "cond": cond,
+                "text": emb["text"],
+                "time": np.full(b, time, np.float32),
+                "step": emb["step"],
+                "lengths": lengths,
+            }
+            v = step.run(feeds)["v"]
+            v = v[:1] + (v[:1] - v[1:]) * np.float32(sampler.cfg_rate) if guided else v
+            x = x + np.float32(d) * v
+            time += d
+            x[..., :p] = 0
+        return x[0]
+
+    def mel(
+        self,
+        features: np.ndarray,
+        prompt_features: np.ndarray,
+        ref_mel: np.ndarray,
+        noise: NoiseSource,
+        sampler: Sampler,
+        noise_offset: int = 0,
+    ) -> np.ndarray:
+        """Chunked sampling of a target (upstream's sequential mode) → log-mel ``[mel, F]``.
+
+        Args:
+            features: the target's content features ``[text_dim, F]``.
+            prompt_features: the prompt's content features ``[text_dim, F_ref]``.
+            ref_mel: the voice's reference log-mel ``[mel, M]`` (not normalised).
+            noise: the start noise; target frame ``i`` uses noise frame ``noise_offset + i``.
+            sampler: steps, temperature, guidance.
+
+        Returns:
+            Denormalised log-mel ``[mel, F]`` for the vocoder.
+        """
+        p = self.params
+        prompt = p.normalize(np.asarray(ref_mel, dtype=np.float32))
+        t_min = min(prompt.shape[1], prompt_features.shape[1])
+        if t_min < 1:
+            raise InputError("the voice's reference mel and prompt features must be non-empty")
+        prompt, fea_ref = prompt[:, :t_min], prompt_features[:, :t_min]
+        if t_min > p.t_ref:
+            prompt, fea_ref, t_min = prompt[:, -p.t_ref :], fea_ref[:, -p.t_ref :], p.t_ref
+        chunk_len = p.t_chunk - t_min
+        outputs = []
+        for start in range(0, features.shape[1], chunk_len):
+            chunk = features[:, start : start + chunk_len]
+            n = chunk.shape[1]
+            mu = np.concatenate([fea_ref, chunk], axis=1)
+            x0 = np.zeros((self.mel_dim, mu.shape[1]), np.float32)
+            x0[:, prompt.shape[1] :] = noise.frames(
+                self.mel_dim, noise_offset + start, noise_offset + start + n
+            )
+            out = self.sample(mu, prompt, x0, sampler)[:, prompt.shape[1] :]
+            outputs.append(out)
+            prompt, fea_ref = out[:, -t_min:], chunk[:, -t_min:]
+        if not outputs:
+            return np.zeros((self.mel_dim, 0), np.float32)
+        return p.denormalize(np.concatenate(outputs, axis=1)).astype(np.float32)
+
+    def vocoder(self, mel: np.ndarray) -> np.ndarray:
+        """Log-mel ``[mel, F]`` → float32 waveform ``[F · hop]``."""
+        mel = np.asarray(mel, dtype=np.float32)
+        if mel.ndim != 2 or mel.shape[0] != self.mel_dim or mel.shape[1] < 1:
+            raise InputError(f"mel must be [{self.mel_dim}, F ≥ 1], got shape {mel.shape}")
+        return self._runner(VOCODER).run({"mel": np.ascontiguousarray(mel[None])})["wav"][0]
+
+    # ------------------------------------------------------------------ engine call
+
+    def default_sampler(self) -> Sampler:
+        """The bundle's sampler defaults (upstream: 32 steps, temperature 1, no guidance)."""
+        p = self.params
+        return Sampler(p.steps, p.temperature, p.cfg_rate, p.cfg_drops_text)
+
+    def synthesize(
+        self, job: VocodeJob, sampler: Sampler | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One job's ``(waveform, log-mel)``.
+
+        Raises:
+            InputError: a voice without a reference mel, or bad tokens/phones.
+        """
+        voice = job.voice
+        ref_mel = getattr(voice, "ref_mel", None)
+        if ref_mel is None or np.asarray(ref_mel).ndim != 2:
+            raise InputError(
+                "a v3/v4 voice needs its reference mel (ref_mel); prepare it with this bundle"
+            )
+        if voice.prompt_tokens.size == 0 or voice.prompt_phones.size == 0:
+            raise InputError("v3/v4 synthesis needs the prompt's tokens and phones (no ref_free)")
+        ge = voice.ge[:1]  # upstream's decode_encp reads the main reference only
+        prompt_fea, target_fea = (
+            self.features([voice.prompt_tokens], [voice.prompt_phones], ge)[0],
+            self.features([job.tokens], [job.phones], ge, job.speed)[0],
+        )
+        offset = int(2 * job.token_offset * self.params.feature_upsample)
+        mel = self.mel(
+            target_fea, prompt_fea, ref_mel, job.noise, sampler or self.default_sampler(), offset
+        )
+        if mel.shape[1] == 0:
+            return np.zeros(0, np.float32), mel
+        return self.vocoder(mel), mel
+
+    def vocode(self, jobs: Sequence[VocodeJob]) -> list[np.ndarray]:
+        """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`), job by job."""
+        return [self.synthesize(job)[0] for job in jobs]
+
+    def _batch_ge(self, ge: np.ndarray, b: int) -> np.ndarray:
+        ge = np.asarray(ge, dtype=np.float32)
+        ge = ge[None] if ge.ndim == 2 else ge
+        if ge.ndim != 3 or ge.shape[1:] != (self.ge_channels, 1) or ge.shape[0] not in (1, b):
+            raise InputError(
+                f"ge must be [{self.ge_channels}, 1] or [1|{b}, {self.ge_channels}, 1], "
+                f"got shape {ge.shape}"
+            )
+        return np.ascontiguousarray(np.broadcast_to(ge, (b, *ge.shape[1:])))

@@ -1,0 +1,295 @@
+"""v3/v4 runtime: the CFM stage (host Euler loop, chunking, vocoder) against the torch pipeline.
+
+The torch side is upstream's sequential ``using_vocoder_synthesis`` written with the reference
+modules (``decode_features``, ``CFM.sample``, the vocoder) and fed the same start noise, so
+the stage's audio must match it closely (fp32 graphs, same noise: ≥ 40 dB).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gsv_export.cfm import REF_MEL, cfm_audio_section, export_cfm_graphs
+from gsv_export.parity import snr_db
+from gsv_export.sovits import _probe_audio
+from gsv_export.writer import write_manifest
+from gsv_models.cfm import SamplerConfig
+from gsv_models.sovits_v3 import SoVITSV3Model
+from gsv_models.testing.bigvgan_init import bigvgan_config, random_bigvgan
+from gsv_models.testing.cfm_init import random_v3, random_v4_vocoder, v3_config, v4_vocoder_config
+from gsv_models.version import ModelVersion
+from gsv_runtime.acoustic import NoiseSource, VocodeJob, load_acoustic
+from gsv_runtime.acoustic.cfm import CfmParams, CfmStage, Sampler
+from gsv_runtime.audio_features import linear_spectrogram, log_mel_spectrogram, slaney_mel_banks
+from gsv_runtime.backends import RunnerOptions
+from gsv_runtime.bundle import Bundle
+from gsv_runtime.errors import BundleError, InputError
+from gsv_runtime.voice import Voice
+
+V3, V4 = ModelVersion.V3, ModelVersion.V4
+SNR_MIN_DB = 40.0
+
+
+@cache
+def _models(version: ModelVersion) -> tuple[SoVITSV3Model, torch.nn.Module]:
+    torch.set_num_threads(2)
+    model = random_v3(v3_config(version, "tiny"), 0)
+    if version is V3:
+        return model, random_bigvgan(bigvgan_config("tiny"), 0)
+    return model, random_v4_vocoder(v4_vocoder_config("tiny"), 0)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory):
+    """version → bundle with the six CFM graphs (ONNX; v4 also OpenVINO), made once."""
+    done: dict[ModelVersion, Bundle] = {}
+
+    def get(version: ModelVersion) -> Bundle:
+        if version not in done:
+            model, vocoder = _models(version)
+            root = tmp_path_factory.mktemp(f"cfm-{version.value}")
+            formats = ("onnx", "openvino") if version is V4 else ("onnx",)
+            specs = export_cfm_graphs(model, vocoder, root, formats)
+            write_manifest(root, "voice", specs, audio=cfm_audio_section(model, vocoder))
+            done[version] = Bundle.load(root)
+        return done[version]
+
+    return get
+
+
+def _voice(stage: CfmStage, version: ModelVersion, seed: int = 0) -> Voice:
+    """A voice from a synthetic 1.2 s reference: ge through the graph, the host mel."""
+    rng = np.random.default_rng(seed)
+    spec = linear_spectrogram(_probe_audio(1.2, 32000, seed))
+    mel = REF_MEL[version]
+    wav = _probe_audio(1.2, mel["sample_rate"], seed)
+    ref_mel = log_mel_spectrogram(
+        wav, mel["sample_rate"], mel["n_fft"], mel["hop"], mel["win"], mel["n_mels"]
+    )
+    return Voice(
+        prompt_tokens=rng.integers(0, 1024, 30),
+        prompt_phones=rng.integers(0, 732, 12),
+        prompt_bert=np.zeros((12, 1024), np.float32),
+        ge=stage.reference(spec),
+        ref_mel=ref_mel,
+    )
+
+
+def _job(voice: Voice, n_tokens: int, seed: int, speed: float = 1.0) -> VocodeJob:
+    rng = np.random.default_rng(100 + seed)
+    return VocodeJob(
+        tokens=rng.integers(0, 1024, n_tokens),
+        phones=rng.integers(0, 732, 9),
+        voice=voice,
+        noise=NoiseSource((seed, 0)),
+        speed=speed,
+    )
+
+
+def torch_pipeline(
+    model: SoVITSV3Model,
+    vocoder: torch.nn.Module,
+    job: VocodeJob,
+    params: CfmParams,
+    sampler: SamplerConfig,
+) -> np.ndarray:
+    """Upstream's ``TTS.using_vocoder_synthesis`` with the reference modules and our noise."""
+    voice = job.voice
+
+    def features(codes: np.ndarray, phones: np.ndarray, speed: float) -> torch.Tensor:
+        fea, _ = model.decode_features(
+            torch.from_numpy(np.asarray(codes, np.int64))[None],
+            torch.tensor([len(codes)]),
+            torch.from_numpy(np.asarray(phones, np.int64))[None],
+            torch.tensor([len(phones)]),
+            torch.from_numpy(voice.ge[:1]),
+            speed,
+        )
+        return fea
+
+    with torch.no_grad():
+        fea_ref = features(voice.prompt_tokens, voice.prompt_phones, 1.0)
+        fea_todo = features(job.tokens, job.phones, job.speed)
+        mel2 = torch.from_numpy(params.normalize(voice.ref_mel))[None]
+        t_min = min(mel2.shape[2], fea_ref.shape[2])
+        mel2, fea_ref = mel2[:, :, :t_min], fea_ref[:, :, :t_min]
+        if t_min > params.t_ref:
+            mel2, fea_ref, t_min = (
+                mel2[:, :, -params.t_ref :],
+                fea_ref[:, :, -params.t_ref :],
+                params.t_ref,
+            )
+        chunk_len = params.t_chunk - t_min
+        outs, idx = [], 0
+        while True:
+            chunk = fea_todo[:, :, idx : idx + chunk_len]
+            if chunk.shape[-1] == 0:
+                break
+            mu = torch.cat([fea_ref, chunk], 2)
+            noise = torch.zeros(1, 100, mu.shape[2])
+            noise[0, :, mel2.shape[2] :] = torch.from_numpy(
+                job.noise.frames(100, idx, idx + chunk.shape[2])
+            )
+            idx += chunk_len
+            res = model.cfm.sample(mu, mel2, noise, sampler)[:, :, mel2.shape[2] :]
+            mel2, fea_ref = res[:, :, -t_min:], chunk[:, :, -t_min:]
+            outs.append(res)
+        mel = torch.from_numpy(params.denormalize(torch.cat(outs, 2).numpy()))
+        return vocoder(mel)[0, 0].numpy()
+
+
+@pytest.mark.parametrize(
+    ("version", "backend", "speed"),
+    [(V3, "onnxruntime", 1.0), (V4, "onnxruntime", 1.0), (V4, "openvino", 1.25)],
+)
+def test_stage_matches_torch_pipeline(bundles, version, backend, speed) -> None:
+    """Three chunks (a small T_chunk) of a 40-token target, 4 Euler steps, same noise."""
+    stage = CfmStage.from_bundle(bundles(version), backend)
+    stage.params = replace(stage.params, t_ref=24, t_chunk=64, steps=4)
+    voice = _voice(stage, version)
+    job = _job(voice, 40, seed=1, speed=speed)
+    wav, mel = stage.synthesize(job)
+    chunk_len = stage.params.t_chunk - min(voice.ref_mel.shape[1], stage.params.t_ref)
+    assert mel.shape[1] > 2 * chunk_len  # really chunked
+    model, vocoder = _models(version)
+    expected = torch_pipeline(model, vocoder, job, stage.params, SamplerConfig(steps=4))
+    assert wav.shape == expected.shape == (mel.shape[1] * stage.params.hop,)
+    assert snr_db(expected, wav) >= SNR_MIN_DB
+    assert 0.01 < float(np.sqrt(np.mean(wav**2))) < 1
+
+
+def test_guided_sampling_matches_torch(bundles) -> None:
+    """CFG's two passes run as one batch of two and combine as upstream's ``CFM``."""
+    stage = CfmStage.from_bundle(bundles(V3), "onnxruntime")
+    model, _ = _models(V3)
+    rng = np.random.default_rng(3)
+    mu = rng.standard_normal((stage.text_dim, 30), dtype=np.float32)
+    prompt = np.tanh(rng.standard_normal((100, 8), dtype=np.float32))
+    noise = rng.standard_normal((100, 30), dtype=np.float32)
+    for drops in (True, False):
+        sampler = Sampler(steps=3, temperature=0.8, cfg_rate=0.7, cfg_drops_text=drops)
+        got = stage.sample(mu, prompt, noise, sampler)
+        ref = model.cfm.sample(
+            torch.from_numpy(mu)[None],
+            torch.from_numpy(prompt)[None],
+            torch.from_numpy(noise)[None],
+            SamplerConfig(steps=3, temperature=0.8, cfg_rate=0.7, cfg_drops_text=drops),
+        )[0].numpy()
+        assert snr_db(ref, got) >= 60
+        assert float(np.abs(got[:, :8]).max()) == 0
+
+
+def test_seed_reproduces_and_noise_matters(bundles) -> None:
+    stage = CfmStage.from_bundle(bundles(V4), "onnxruntime")
+    stage.params = replace(stage.params, steps=2)
+    voice = _voice(stage, V4, seed=2)
+    a = stage.vocode([_job(voice, 12, seed=5)])[0]
+    b = stage.vocode([_job(voice, 12, seed=5)])[0]
+    c = stage.vocode([_job(voice, 12, seed=6)])[0]
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == c.shape == (12 * stage.samples_per_token,)
+    assert snr_db(a, c) < 20
+
+
+def test_load_acoustic_picks_the_cfm_family(bundles) -> None:
+    stage = load_acoustic(bundles(V3), "onnxruntime", RunnerOptions(), "fp32")
+    assert isinstance(stage, CfmStage)
+    assert (stage.sample_rate, stage.samples_per_token) == (24000, 960)
+
+
+def test_bad_inputs_are_refused_clearly(bundles) -> None:
+    bundle = bundles(V3)
+    stage = CfmStage.from_bundle(bundle, "onnxruntime")
+    voice = _voice(stage, V3)
+    with pytest.raises(InputError, match="needs its reference mel"):
+        stage.vocode([_job(replace(voice, ref_mel=None), 5, 0)])
+    with pytest.raises(InputError, match="prompt's tokens and phones"):
+        stage.vocode([_job(replace(voice, prompt_phones=np.zeros(0, np.int64)), 5, 0)])
+    with pytest.raises(InputError, match="sample_steps must be an integer in"):
+        stage.synthesize(_job(voice, 5, 0), Sampler(steps=0))
+    with pytest.raises(InputError, match="cfg_rate must be finite"):
+        stage.synthesize(_job(voice, 5, 0), Sampler(cfg_rate=math.nan))
+    with pytest.raises(InputError, match="speed must be in"):
+        stage.synthesize(_job(voice, 5, 0, speed=0.0))
+    with pytest.raises(InputError, match="ids ≥ 0"):
+        stage.features([np.array([-1, 2])], [np.array([1])], voice.ge)
+    with pytest.raises(InputError, match="mel must be"):
+        stage.vocoder(np.zeros((80, 4), np.float32))
+    with pytest.raises(InputError, match="no speaker vector"):
+        stage.reference(np.ones((1025, 9), np.float32), sv=np.ones(4, np.float32))
+    with pytest.raises(BundleError, match="CFM audio section is incomplete"):
+        CfmParams.from_audio({"sample_rate": 24000})
+    with pytest.raises(BundleError, match="needs the graphs cfm_encoder, cfm_embed, cfm_step"):
+        CfmStage({}, {}, stage.params)
+    with pytest.raises(BundleError, match="built without the sovits_prompt graph"):
+        CfmStage.from_bundle(
+            bundle, graphs=("cfm_encoder", "cfm_embed", "cfm_step", "cfm_vocoder")
+        ).prompt_codes(np.zeros((64, 4), np.float32))
+
+
+def test_voice_with_ref_mel_saves_and_loads(bundles, tmp_path: Path) -> None:
+    stage = CfmStage.from_bundle(bundles(V4), "onnxruntime")
+    voice = _voice(stage, V4)
+    voice.save(tmp_path, "cfm")
+    loaded = Voice.load(tmp_path, "cfm")
+    np.testing.assert_array_equal(loaded.ref_mel, voice.ref_mel)
+    assert replace(voice, ref_mel=None).save(tmp_path, "plain")
+    assert Voice.load(tmp_path, "plain").ref_mel is None
+
+
+def _torch_log_mel(wav: np.ndarray, cfg: dict) -> np.ndarray:
+    """Upstream ``mel_spectrogram_torch`` (reflect pad, STFT center=False, sqrt, mel, log)."""
+    pad = (cfg["n_fft"] - cfg["hop"]) // 2
+    y = torch.nn.functional.pad(torch.from_numpy(wav)[None, None], (pad, pad), mode="reflect")[0]
+    spec = torch.stft(
+        y,
+        cfg["n_fft"],
+        hop_length=cfg["hop"],
+        win_length=cfg["win"],
+        window=torch.hann_window(cfg["win"]),
+        center=False,
+        return_complex=True,
+    )
+    spec = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-8)
+    bank = torch.from_numpy(
+        np.array(slaney_mel_banks(cfg["sample_rate"], cfg["n_fft"], cfg["n_mels"]))
+    )
+    return torch.log(torch.clamp(bank @ spec, min=1e-5))[0].numpy()
+
+
+@pytest.mark.parametrize("version", [V3, V4])
+def test_reference_mel_matches_torch(version: ModelVersion) -> None:
+    cfg = REF_MEL[version]
+    wav = _probe_audio(0.8, cfg["sample_rate"], 4)
+    got = log_mel_spectrogram(
+        wav, cfg["sample_rate"], cfg["n_fft"], cfg["hop"], cfg["win"], cfg["n_mels"]
+    )
+    expected = _torch_log_mel(wav, cfg)
+    assert got.shape == expected.shape == (100, 1 + (wav.size - cfg["hop"]) // cfg["hop"])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_slaney_filters() -> None:
+    """Shape, Slaney area normalisation, and librosa's values when librosa is installed."""
+    bank = slaney_mel_banks(24000, 1024, 100)
+    assert bank.shape == (100, 513) and bank.dtype == np.float32
+    assert float(bank.min()) >= 0 and (bank.max(axis=1) > 0).all()
+    freqs = np.linspace(0, 12000, 513)
+    # area of each triangle (in Hz) is 1 after the 2 / (right − left) scaling
+    areas = np.trapezoid(bank, freqs, axis=1)
+    assert np.allclose(areas[60:], 1.0, rtol=0.01)  # narrow low filters sample too coarsely
+    assert abs(float(areas.mean()) - 1) < 0.01
+    librosa = pytest.importorskip("librosa")
+    for sr, n_fft in ((24000, 1024), (32000, 1280)):
+        np.testing.assert_allclose(
+            slaney_mel_banks(sr, n_fft, 100),
+            librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=100, fmin=0, fmax=None),
+            atol=1e-7,
+        )
