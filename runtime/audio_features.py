@@ -89,9 +89,15 @@ def linear_spectrogram(
     widths = [(0, 0)] * (x.ndim - 1) + [(pad, pad)]
     x = np.pad(x, widths, mode="reflect")
     frames = _frames(x, n_fft, hop) * _hann_periodic(win, n_fft)  # (..., T, n_fft)
-    spec = np.fft.rfft(frames, axis=-1)  # (..., T, n_fft // 2 + 1) complex64
+    spec = _rfft32(frames)  # (..., T, n_fft // 2 + 1)
     mag = np.sqrt(spec.real * spec.real + spec.imag * spec.imag + np.float32(SPEC_EPS))
     return np.ascontiguousarray(np.swapaxes(mag, -1, -2))
+
+
+def _rfft32(frames: np.ndarray, n: int | None = None) -> np.ndarray:
+    """complex64 rfft over the last axis: numpy 2 keeps float32 input in single precision,
+    numpy 1 computes in double and would make every feature float64."""
+    return np.fft.rfft(frames, n=n, axis=-1).astype(np.complex64, copy=False)
 
 
 def _mel(freq: np.ndarray | float) -> np.ndarray:
@@ -157,7 +163,7 @@ def kaldi_fbank(wav16k: np.ndarray) -> np.ndarray:
     emph[..., 1:] = frames[..., 1:] - np.float32(PREEMPHASIS) * frames[..., :-1]
     emph[..., 0] = frames[..., 0] - np.float32(PREEMPHASIS) * frames[..., 0]
     emph *= _povey_window()
-    spec = np.fft.rfft(emph, n=FFT_SIZE, axis=-1)  # (..., M, 257) complex64
+    spec = _rfft32(emph, FFT_SIZE)  # (..., M, 257)
     power = spec.real * spec.real + spec.imag * spec.imag
     mel = power @ kaldi_mel_banks().T  # (..., M, 80)
     return np.log(np.maximum(mel, np.float32(LOG_FLOOR)))
