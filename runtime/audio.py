@@ -96,6 +96,9 @@ class ReferenceAudio:
     wav_model: np.ndarray
     """Mono at the SoVITS rate (torchaudio-style), peak-limited as upstream: ÷ min(2, peak)."""
     seconds: float
+    mono: np.ndarray | None = None
+    """The file's mono samples at ``source_rate``, untouched (v3/v4 reference mel input)."""
+    source_rate: int = 0
 
 
 def load_reference(
@@ -123,7 +126,7 @@ def load_reference(
     peak = float(np.abs(wav_model).max())
     if peak > 1.0:
         wav_model = wav_model / min(2.0, peak)
-    return ReferenceAudio(wav16k, wav_model.astype(np.float32), seconds)
+    return ReferenceAudio(wav16k, wav_model.astype(np.float32), seconds, mono, int(sr))
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:

@@ -485,6 +485,9 @@ def _read_text(text: str | None, text_file: Path | None) -> str:
 @click.option("--repetition-penalty", type=float)
 @click.option("--noise-scale", type=float)
 @click.option("--speed", "speed_factor", type=float, default=1.0, show_default=True)
+@click.option(
+    "--sample-steps", type=int, help="v3/v4: Euler steps of the flow (default: the bundle's, 32)."
+)
 @click.option("--split", "text_split_method", default="cut1", show_default=True, help="cut0–cut5.")
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--fragment-interval", type=float, default=0.3, show_default=True)

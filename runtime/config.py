@@ -45,6 +45,9 @@ class SynthesisConfig:
     """Token streaming: new tokens that make a chunk."""
     fixed_length: int | None = None
     """Decode exactly this many tokens per segment with EOS masked (benchmarks, random weights)."""
+    sample_steps: int | None = None
+    """v3/v4: Euler steps of the flow-matching sampler (None: the bundle's, upstream 32); no
+    effect on v1–v2ProPlus voices."""
 
     def validate(self) -> None:
         """Raise InputError naming the first out-of-range field, its range and the value."""
@@ -73,6 +76,12 @@ class SynthesisConfig:
                 "fixed_length",
                 self.fixed_length is None or 1 <= self.fixed_length <= 1500,
                 "None or in [1, 1500]",
+            ),
+            (
+                "sample_steps",
+                self.sample_steps is None
+                or (isinstance(self.sample_steps, int) and 1 <= self.sample_steps <= 1000),
+                "None or an integer in [1, 1000]",
             ),
         ]
         for name, ok, allowed in checks:

@@ -97,6 +97,8 @@ STAGE_GRAPHS: Final[dict[str, dict[str, str]]] = {
     "openvino": {"gpt": "t2s_decoder", "acoustic": "sovits_decoder"},
 }
 """The graph whose variants decide a stage's precision, per backend."""
+ACOUSTIC_GRAPHS: Final[dict[str, str]] = {"vits": "sovits_decoder", "cfm": "cfm_step"}
+"""The acoustic stage's deciding graph per family (``audio.family``)."""
 
 
 def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str, str]:
@@ -115,7 +117,10 @@ def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str,
     wanted = parse_precision(requested)
     demanded = "=" in requested
     chosen: dict[str, str] = {}
+    family = str(bundle.manifest.audio.get("family", "vits"))
     for stage, graph in STAGE_GRAPHS[backend].items():
+        if stage == "acoustic":
+            graph = ACOUSTIC_GRAPHS.get(family, graph)
         held = [v.precision for v in bundle.graph(graph).variants if v.format == fmt]
         if wanted[stage] == "auto":
             order = auto_order(stage, backend, cpu_flags())

@@ -69,6 +69,8 @@ class VocodeJob:
     noise_scale: float = 0.5
     token_offset: int = 0
     """Index of ``tokens[0]`` in the segment (a streaming window); aligns the noise."""
+    sample_steps: int | None = None
+    """CFM families: Euler steps (None: the bundle's default); others ignore it."""
 
 
 class AcousticStage(Protocol):

@@ -482,8 +482,13 @@ class CfmStage:
         return self.vocoder(mel), mel
 
     def vocode(self, jobs: Sequence[VocodeJob]) -> list[np.ndarray]:
-        """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`), job by job."""
-        return [self.synthesize(job)[0] for job in jobs]
+        """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`), job by job;
+        a job's ``sample_steps`` overrides the bundle's step count."""
+        default = self.default_sampler()
+        return [
+            self.synthesize(job, replace(default, steps=job.sample_steps or default.steps))[0]
+            for job in jobs
+        ]
 
     def _batch_ge(self, ge: np.ndarray, b: int) -> np.ndarray:
         ge = np.asarray(ge, dtype=np.float32)

@@ -687,6 +687,7 @@ class Engine:
                         first.model.bundle.manifest.sampling
                     ),
                     token_offset=tasks[i].start,
+                    sample_steps=tasks[i].job.config.sample_steps,
                 )
                 for i in todo
             ]
@@ -715,6 +716,8 @@ class Engine:
             if peak > 1.0:
                 wav = wav / peak
         if task.final:
-            gap = np.zeros(int(rate * job.config.fragment_interval), dtype=np.float32)
+            # upstream counts the gap at the SoVITS config's rate (32 kHz), also for v3/v4
+            gap_rate = getattr(model, "ref_sample_rate", rate)
+            gap = np.zeros(int(gap_rate * job.config.fragment_interval), dtype=np.float32)
             wav = np.concatenate([wav, gap])
         return AudioChunk(to_int16(wav), rate, task.index, text, covered, task.final)

@@ -128,6 +128,8 @@ class VoiceModel:
         self._support = support
         manifest = bundle.manifest
         self.sample_rate = int(manifest.audio["sample_rate"])
+        self.ref_sample_rate = int(manifest.audio.get("ref_sample_rate", self.sample_rate))
+        """Rate the reference spectrogram (``ge``) reads; v3/v4 output at 24/48 kHz."""
         self.symbols_version = str(manifest.text.get("symbols_version", "v2"))
         self.is_pro = "sv" in manifest.support.get("graphs", [])
         self.bert_dim = int(manifest.text.get("bert_dim", 1024))
@@ -197,13 +199,13 @@ class VoiceModel:
         Raises:
             InputError: unreadable/silent/too short or long audio, bad prompt text or language.
         """
-        ref = load_reference(ref_audio, self.sample_rate, check_duration)
-        pad = np.zeros(int(self.sample_rate * HUBERT_PAD_SECONDS), dtype=np.float32)
+        ref = load_reference(ref_audio, self.ref_sample_rate, check_duration)
+        pad = np.zeros(int(self.ref_sample_rate * HUBERT_PAD_SECONDS), dtype=np.float32)
         ssl = self.support.hubert_features(np.concatenate([ref.wav16k, pad]))
         tokens = self.sovits.prompt_codes(ssl)[0]
         ge = [self._ge(ref.wav_model)]
         for aux in aux_ref_audio_paths:
-            ge.append(self._ge(load_reference(aux, self.sample_rate, check_duration).wav_model))
+            ge.append(self._ge(load_reference(aux, self.ref_sample_rate, check_duration).wav_model))
         if prompt_text.strip():
             from gsv_runtime.text import phonemize_prompt
 
@@ -222,7 +224,13 @@ class VoiceModel:
             prompt_text=prompt_text,
             prompt_lang=prompt_lang,
             symbols_version=self.symbols_version,
+            ref_mel=self._ref_mel(ref),
         )
+
+    def _ref_mel(self, ref: Any) -> np.ndarray | None:
+        """The reference mel a family's acoustic stage continues (v3/v4), else None."""
+        reference_mel = getattr(self.acoustic, "reference_mel", None)
+        return None if reference_mel is None else reference_mel(ref.mono, ref.source_rate)
 
     def saved_voice(self, name: str) -> Voice:
         """A voice stored in the bundle by ``gsv voice add``."""
@@ -232,7 +240,7 @@ class VoiceModel:
         """``ge`` rows of auxiliary reference clips, [R, gin, 1]."""
         return np.concatenate(
             [
-                self._ge(load_reference(p, self.sample_rate, check_duration).wav_model)
+                self._ge(load_reference(p, self.ref_sample_rate, check_duration).wav_model)
                 for p in paths
             ],
             axis=0,

@@ -15,9 +15,10 @@ Deliberate differences from upstream api_v2 (its behaviour in brackets):
 - ``/set_gpt_weights`` and ``/set_sovits_weights`` take a voice bundle (folder inside an allowed
   directory, or a loaded model's name): a bundle carries both models;
 - ``/control?command=restart`` answers 400 (restart the process instead); ``exit`` stops;
-- accepted and ignored (no meaning for v1–v2ProPlus bundles): ``batch_threshold``,
-  ``split_bucket``, ``parallel_infer``, ``sample_steps``, ``super_sampling``, ``cfg_rate``,
-  ``use_cuda_graph``; ``streaming_mode`` 2 and 3 both stream token windows (see the engine);
+- accepted and ignored: ``batch_threshold``, ``split_bucket``, ``parallel_infer``,
+  ``super_sampling``, ``cfg_rate``, ``use_cuda_graph`` (``sample_steps`` sets the v3/v4 Euler
+  steps and has no effect on v1–v2ProPlus bundles); ``streaming_mode`` 2 and 3 both stream
+  token windows (see the engine);
 - wav, raw, mp3, opus and aac stream; ogg (Vorbis) and flac are encoded whole;
 - extensions: ``voice`` (a configured voice instead of a reference path) and
   ``ref_audio_base64`` (a reference clip in the POST body, bounded by the body limit).
@@ -70,7 +71,6 @@ IGNORED: Final = frozenset(
         "batch_threshold",
         "split_bucket",
         "parallel_infer",
-        "sample_steps",
         "super_sampling",
         "cfg_rate",
         "use_cuda_graph",
