@@ -267,7 +267,9 @@ class CfmStage:
         Upstream (``TTS.py::using_vocoder_synthesis``) reads the file's raw mono samples (no
         peak limiting), resamples them with torchaudio's default to the mel rate (24 kHz v3,
         32 kHz v4) and takes ``mel_spectrogram_torch``; here :func:`sinc_resample` and
-        :func:`log_mel_spectrogram` are those steps.
+        :func:`log_mel_spectrogram` are those steps. Not reproduced: when a float file is
+        mono at exactly 32 kHz and peaks above 1, upstream's ``_get_ref_spec`` has already
+        divided those cached samples by ``min(2, peak)`` in place.
 
         Raises:
             InputError: no audio, or too short for one frame.
