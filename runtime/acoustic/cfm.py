@@ -162,6 +162,10 @@ class CfmStage:
     ``sovits_prompt`` and ``sovits_ref`` are optional (a prepared voice needs neither).
     """
 
+    token_streaming = False
+    """The engine refuses ``stream="token"``: upstream has no streaming for v3/v4, and a
+    window decoded alone would restart the flow's prompt at every window."""
+
     def __init__(
         self, specs: Mapping[str, GraphSpec], runners: Mapping[str, GraphRunner], params: CfmParams
     ) -> None:

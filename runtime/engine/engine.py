@@ -433,6 +433,11 @@ class Engine:
                 f"text is {len(request.text)} characters; at most {self.config.max_text_chars} "
                 "per request (EngineConfig.max_text_chars)"
             )
+        if request.stream == "token" and not getattr(model.acoustic, "token_streaming", True):
+            raise InputError(
+                "this voice cannot stream token windows (v3/v4 CFM voices decode whole "
+                "segments, as upstream); use stream='segment'"
+            )
         with self._lock:
             if self._closed:
                 raise RequestCancelledError("the engine is closed")
