@@ -273,18 +273,19 @@ def slaney_mel_banks(
     (``module/mel_processing.py``) uses for the v3/v4 reference mel: ``n_mels + 2`` edges evenly
     spaced in mel from ``fmin`` to ``fmax`` (Nyquist when None), each filter ``max(0,
     min(rising, falling))`` over the FFT bin frequencies, scaled by ``2 / (right − left)`` Hz.
-    Computed in float64, returned read-only float32.
+    Computed in float64 with librosa's two float32 roundings (upstream pins librosa 0.10.2);
+    returned read-only.
     """
     top = sample_rate / 2.0 if fmax is None else float(fmax)
-    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)  # (bins,)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)  # (bins,) librosa ≥ 0.10's bin centres
     edges = _slaney_to_hz(np.linspace(_hz_to_slaney(fmin), _hz_to_slaney(top), n_mels + 2))
     widths = np.diff(edges)  # (n_mels + 1,)
     ramps = edges[:, None] - freqs[None, :]  # (n_mels + 2, bins)
     rising = -ramps[:-2] / widths[:-1, None]
     falling = ramps[2:] / widths[1:, None]
-    banks = np.maximum(0.0, np.minimum(rising, falling))
-    banks *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    out = banks.astype(np.float32)
+    # librosa stores the triangles in float32, then scales them in float64 and rounds again
+    banks = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    out = (banks * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
     out.flags.writeable = False
     return out
 
