@@ -12,6 +12,7 @@ from typing import Any
 
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
+from gsv_runtime.errors import BundleError
 from gsv_runtime.text.frontend import LANGUAGE_MODULES
 from gsv_runtime.variants import STAGES, auto_explained, choose_precisions, cpu_flags
 
@@ -176,5 +177,10 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
         if fmt not in formats:
             yield f"runs on {backend} ({', '.join(info['devices'])}): no (no graphs in its format)"
             continue
-        picks = ", ".join(f"{k} {v}" for k, v in choose_precisions(bundle, backend, "auto").items())
+        try:
+            chosen = choose_precisions(bundle, backend, "auto")
+        except BundleError as exc:  # not a complete voice (no GPT or acoustic graph)
+            yield f"runs on {backend} ({', '.join(info['devices'])}): no ({exc})"
+            continue
+        picks = ", ".join(f"{k} {v}" for k, v in chosen.items())
         yield f"runs on {backend} ({', '.join(info['devices'])}): yes; precision auto: {picks}"

@@ -340,15 +340,6 @@ def test_incomplete_cfm_checkpoint_is_refused(files: dict, tmp_path: Path) -> No
         load_model(path)
 
 
-def test_export_refuses_v3_clearly(files: dict, tmp_path: Path) -> None:
-    from gsv_export import export_bundle
-    from gsv_models.testing import make_checkpoint
-
-    gpt = make_checkpoint("v2", "gpt", tmp_path / "gpt.ckpt")
-    with pytest.raises(CheckpointError, match=r"exporting SoVITS v4 .* not supported yet"):
-        export_bundle(gpt, files["v4"], tmp_path / "out", progress=lambda _: None)
-
-
 @pytest.mark.parametrize("half", [False, True])
 def test_v4_vocoder(tmp_path: Path, half: bool) -> None:
     path = make_v4_vocoder(tmp_path / "vocoder.pth", half=half)

@@ -82,7 +82,7 @@ def test_graph_paths_are_confined(bundle: Path, path: str, message: str) -> None
 def test_symlink_escape_and_special_files(bundle: Path, tmp_path: Path) -> None:
     outside = tmp_path / "secret.bin"
     outside.write_bytes(b"x" * 10)
-    link = bundle / "onnx" / "sovits_decoder.onnx.data"
+    link = bundle / "onnx" / "weights.data"  # the ONNX graphs' shared weights
     link.unlink()
     link.symlink_to(outside)
     with pytest.raises(BundleError, match="leads outside"):
