@@ -488,6 +488,11 @@ def _read_text(text: str | None, text_file: Path | None) -> str:
 @click.option(
     "--sample-steps", type=int, help="v3/v4: Euler steps of the flow (default: the bundle's, 32)."
 )
+@click.option(
+    "--parallel-infer",
+    is_flag=True,
+    help="v3/v4: upstream's parallel chunking (api_v2's default) instead of the sequential one.",
+)
 @click.option("--split", "text_split_method", default="cut1", show_default=True, help="cut0–cut5.")
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--fragment-interval", type=float, default=0.3, show_default=True)

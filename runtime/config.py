@@ -48,6 +48,10 @@ class SynthesisConfig:
     sample_steps: int | None = None
     """v3/v4: Euler steps of the flow-matching sampler (None: the bundle's, upstream 32); no
     effect on v1–v2ProPlus voices."""
+    parallel_infer: bool = False
+    """v3/v4: upstream's parallel chunking of a segment (overlapping windows all prompted by
+    the reference, one CFM batch, SOLA joins; api_v2's default) instead of the sequential one
+    (each window prompted by the previous, the WebUI's); no effect on v1–v2ProPlus voices."""
 
     def validate(self) -> None:
         """Raise InputError naming the first out-of-range field, its range and the value."""

@@ -293,3 +293,96 @@ def test_slaney_filters() -> None:
             librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=100, fmin=0, fmax=None),
             atol=1e-7,
         )
+
+
+def _torch_sola(fragments: list[torch.Tensor], overlap: int, search: int = 320) -> torch.Tensor:
+    """Upstream ``TTS.sola_algorithm`` in torch (conv1d correlation, Hann cross-fade)."""
+    frags = list(fragments)
+    for i in range(len(frags) - 1):
+        f1, f2 = frags[i], frags[i + 1]
+        w1, w2 = f1[-overlap:], f2[: overlap + search]
+        corr = torch.nn.functional.conv1d(w2.view(1, 1, -1), w1.view(1, 1, -1)).view(-1)
+        den = torch.nn.functional.conv1d(
+            w2.view(1, 1, -1) ** 2, torch.ones_like(w1).view(1, 1, -1)
+        ).view(-1)
+        idx = int((corr / (den + 1e-8).sqrt()).argmax())
+        frags[i] = f1[:-overlap]
+        f2_ = f2[idx:].clone()
+        window = torch.hann_window(2 * overlap)
+        f2_[:overlap] = window[:overlap] * f2_[:overlap] + window[overlap:] * f1[-overlap:]
+        frags[i + 1] = f2_
+    return torch.cat(frags)
+
+
+def torch_parallel(model, vocoder, jobs, params: CfmParams, sampler: SamplerConfig) -> list:
+    """Upstream's ``using_vocoder_synthesis_batched_infer`` with the reference modules."""
+    voice, ov, hop = jobs[0].voice, 12, params.hop
+    ge = torch.from_numpy(voice.ge[:1])
+
+    def features(codes, phones, speed):
+        fea, _ = model.decode_features(
+            torch.from_numpy(np.asarray(codes, np.int64))[None],
+            torch.tensor([len(codes)]),
+            torch.from_numpy(np.asarray(phones, np.int64))[None],
+            torch.tensor([len(phones)]),
+            ge,
+            speed,
+        )
+        return fea
+
+    with torch.no_grad():
+        fea_ref = features(voice.prompt_tokens, voice.prompt_phones, 1.0)
+        mel2 = torch.from_numpy(params.normalize(voice.ref_mel))[None]
+        t_min = min(mel2.shape[2], fea_ref.shape[2])
+        mel2, fea_ref = mel2[:, :, :t_min], fea_ref[:, :, :t_min]
+        if t_min > params.t_ref:
+            mel2, fea_ref = mel2[:, :, -params.t_ref :], fea_ref[:, :, -params.t_ref :]
+            t_min = params.t_ref
+        chunk_len = params.t_chunk - t_min
+        feats = [features(j.tokens, j.phones, j.speed) for j in jobs]
+        padded = torch.nn.functional.pad(torch.cat(feats, 2), (ov, 0))
+        chunks, noises, pos, padding = [], [], 0, 0
+        while True:
+            if pos != 0:
+                pos -= ov
+            chunk = padded[:, :, pos : pos + chunk_len]
+            start, pos = pos, pos + chunk_len
+            if chunk.shape[-1] == 0:
+                break
+            padding = chunk_len - chunk.shape[2]
+            chunks.append(torch.nn.functional.pad(chunk, (0, padding)))
+            noise = torch.zeros(1, 100, t_min + chunk_len)
+            noise[0, :, t_min:] = torch.from_numpy(jobs[0].noise.frames(100, start, pos))
+            noises.append(noise)
+        b = len(chunks)
+        mu = torch.cat([fea_ref.repeat(b, 1, 1), torch.cat(chunks)], 2)
+        pred = model.cfm.sample(mu, mel2.repeat(b, 1, 1), torch.cat(noises), sampler)
+        pred = pred[:, :, -chunk_len:].permute(1, 0, 2).reshape(100, -1)[None]
+        audio = vocoder(torch.from_numpy(params.denormalize(pred.numpy())))[0, 0]
+        step = chunk_len * hop
+        audio = _torch_sola([audio[i : i + step] for i in range(0, len(audio), step)], ov * hop)
+        audio = audio[ov * hop : len(audio) - padding * hop]
+        out = []
+        for f in feats:
+            out.append(audio[: f.shape[2] * hop].numpy())
+            audio = audio[f.shape[2] * hop :]
+        return out
+
+
+@pytest.mark.parametrize("version", [V3, V4])
+def test_parallel_chunking_matches_torch(bundles, version) -> None:
+    """Three segments in upstream's parallel mode: windows over their concatenation, one CFM
+    batch, SOLA joins, cut back per segment."""
+    stage = CfmStage.from_bundle(bundles(version), "onnxruntime")
+    stage.params = replace(stage.params, t_ref=24, t_chunk=64, steps=3)
+    voice = _voice(stage, version, seed=3)
+    jobs = [_job(voice, n, seed=7) for n in (20, 9, 14)]
+    jobs = [replace(j, noise=jobs[0].noise) for j in jobs]
+    got = stage.synthesize_parallel(jobs)
+    model, vocoder = _models(version)
+    expected = torch_parallel(model, vocoder, jobs, stage.params, SamplerConfig(steps=3))
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert snr_db(e, g) >= SNR_MIN_DB
+    with pytest.raises(InputError, match="one voice and one speed"):
+        stage.synthesize_parallel([jobs[0], replace(jobs[1], speed=1.1)])

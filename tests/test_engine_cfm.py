@@ -51,6 +51,8 @@ def test_synthesizer_runs_a_v4_bundle(v4_bundle: Path, ref_wav: Path) -> None:
         fewer = synth.synthesize("你好，世界。", "zh", voice=voice, seed=3, sample_steps=2)
         assert fewer.samples.shape == a.samples.shape
         assert not np.array_equal(fewer.samples, a.samples)
+        parallel = synth.synthesize("你好，世界。", "zh", voice=voice, seed=3, parallel_infer=True)
+        assert parallel.samples.size > 0 and not np.array_equal(parallel.samples, a.samples)
         with pytest.raises(InputError, match="prompt's tokens and phones"):
             synth.synthesize("你好。", "zh", ref_audio=ref_wav, ref_free=True, seed=1)
         with pytest.raises(InputError, match="cannot stream token windows"):

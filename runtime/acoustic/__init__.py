@@ -71,6 +71,8 @@ class VocodeJob:
     """Index of ``tokens[0]`` in the segment (a streaming window); aligns the noise."""
     sample_steps: int | None = None
     """CFM families: Euler steps (None: the bundle's default); others ignore it."""
+    parallel: bool = False
+    """CFM families: upstream's parallel chunking instead of the sequential one."""
 
 
 class AcousticStage(Protocol):

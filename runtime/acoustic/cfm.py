@@ -43,6 +43,10 @@ SYNTH_GRAPHS: Final = (ENCODER, EMBED, STEP, VOCODER)
 """What synthesis needs once a voice is prepared."""
 CFG_THRESHOLD: Final = 1e-5
 """Guidance runs only for ``cfg_rate`` above this (upstream's test)."""
+OVERLAP_FRAMES: Final = 12
+"""Parallel chunking: mel frames consecutive windows share (upstream ``overlapped_len``)."""
+SOLA_SEARCH: Final = 320
+"""Parallel chunking: samples the SOLA join searches for the best alignment."""
 
 
 @dataclass(frozen=True)
@@ -344,59 +348,63 @@ class CfmStage:
     def sample(
         self, mu: np.ndarray, prompt: np.ndarray, noise: np.ndarray, sampler: Sampler
     ) -> np.ndarray:
-        """Euler-integrate one chunk from noise (t = 0) to a normalised mel (t = 1).
+        """Euler-integrate chunks from noise (t = 0) to normalised mels (t = 1).
 
         Mirrors upstream ``module/models.py::CFM.inference``: prompt frames of ``x`` are zero
         at the start and after every step, time accumulates in Python floats, the text and
-        step embeddings are computed once.
+        step embeddings are computed once. Guidance runs its second pass in the same batch.
 
         Args:
-            mu: content features ``[text_dim, T]`` (prompt frames first).
-            prompt: normalised prompt mel ``[mel, P]``, ``P ≤ T``.
-            noise: standard-normal start noise ``[mel, T]`` (its first ``P`` frames unused).
+            mu: content features ``[text_dim, T]``, or ``[B, text_dim, T]`` for B chunks of
+                equal length (prompt frames first).
+            prompt: normalised prompt mel ``[mel, P]``, ``P ≤ T``, shared by every row.
+            noise: standard-normal start noise ``[mel, T]`` / ``[B, mel, T]`` (the first ``P``
+                frames unused).
             sampler: steps, temperature, guidance.
 
         Returns:
-            ``[mel, T]`` float32; the first ``P`` frames are zero.
+            ``[mel, T]`` / ``[B, mel, T]`` float32; the first ``P`` frames are zero.
         """
         sampler.validate()
-        c, t = mu.shape
+        single = mu.ndim == 2
+        mu3, noise3 = (mu[None], noise[None]) if single else (mu, noise)
+        b, c, t = mu3.shape
         p = prompt.shape[1]
-        if noise.shape != (self.mel_dim, t) or prompt.shape[0] != self.mel_dim or p > t:
+        if noise3.shape != (b, self.mel_dim, t) or prompt.shape[0] != self.mel_dim or p > t:
             raise InputError(
-                f"noise must be [{self.mel_dim}, {t}] and the prompt [{self.mel_dim}, ≤{t}]; "
-                f"got {noise.shape} and {prompt.shape}"
+                f"noise must be [{self.mel_dim}, {t}] per row and the prompt "
+                f"[{self.mel_dim}, ≤{t}]; got {noise.shape} and {prompt.shape}"
             )
         guided = sampler.cfg_rate > CFG_THRESHOLD
-        b = 2 if guided else 1
-        x = (noise * np.float32(sampler.temperature)).astype(np.float32)[None]
+        rows = 2 * b if guided else b
+        x = (noise3 * np.float32(sampler.temperature)).astype(np.float32)
         x[..., :p] = 0
-        cond = np.zeros((b, self.mel_dim, t), np.float32)
-        cond[0, :, :p] = prompt
-        mus = np.zeros((b, c, t), np.float32)
-        mus[0] = mu
+        cond = np.zeros((rows, self.mel_dim, t), np.float32)
+        cond[:b, :, :p] = prompt
+        mus = np.zeros((rows, c, t), np.float32)
+        mus[:b] = mu3
         if guided and not sampler.cfg_drops_text:
-            mus[1] = mu
+            mus[b:] = mu3
         d = 1.0 / sampler.steps
-        emb = self._runner(EMBED).run({"features": mus, "dt": np.full(b, d, np.float32)})
-        lengths = np.full(b, t, np.int64)
+        emb = self._runner(EMBED).run({"features": mus, "dt": np.full(rows, d, np.float32)})
+        lengths = np.full(rows, t, np.int64)
         step = self._runner(STEP)
         time = 0.0  # accumulated as upstream does (not j / steps)
         for _ in range(sampler.steps):
             feeds = {
-                "x": np.ascontiguousarray(np.broadcast_to(x, (b, self.mel_dim, t))),
+                "x": np.concatenate([x, x]) if guided else x,
                 "cond": cond,
                 "text": emb["text"],
-                "time": np.full(b, time, np.float32),
+                "time": np.full(rows, time, np.float32),
                 "step": emb["step"],
                 "lengths": lengths,
             }
             v = step.run(feeds)["v"]
-            v = v[:1] + (v[:1] - v[1:]) * np.float32(sampler.cfg_rate) if guided else v
+            v = v[:b] + (v[:b] - v[b:]) * np.float32(sampler.cfg_rate) if guided else v
             x = x + np.float32(d) * v
             time += d
             x[..., :p] = 0
-        return x[0]
+        return x[0] if single else x
 
     def mel(
         self,
@@ -420,13 +428,8 @@ class CfmStage:
             Denormalised log-mel ``[mel, F]`` for the vocoder.
         """
         p = self.params
-        prompt = p.normalize(np.asarray(ref_mel, dtype=np.float32))
-        t_min = min(prompt.shape[1], prompt_features.shape[1])
-        if t_min < 1:
-            raise InputError("the voice's reference mel and prompt features must be non-empty")
-        prompt, fea_ref = prompt[:, :t_min], prompt_features[:, :t_min]
-        if t_min > p.t_ref:
-            prompt, fea_ref, t_min = prompt[:, -p.t_ref :], fea_ref[:, -p.t_ref :], p.t_ref
+        prompt, fea_ref = self._prompt(prompt_features, ref_mel)
+        t_min = prompt.shape[1]
         chunk_len = p.t_chunk - t_min
         outputs = []
         for start in range(0, features.shape[1], chunk_len):
@@ -443,6 +446,110 @@ class CfmStage:
         if not outputs:
             return np.zeros((self.mel_dim, 0), np.float32)
         return p.denormalize(np.concatenate(outputs, axis=1)).astype(np.float32)
+
+    def _prompt(
+        self, prompt_features: np.ndarray, ref_mel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised prompt mel and prompt features, cut to their common length ≤ ``t_ref``."""
+        p = self.params
+        prompt = p.normalize(np.asarray(ref_mel, dtype=np.float32))
+        t_min = min(prompt.shape[1], prompt_features.shape[1])
+        if t_min < 1:
+            raise InputError("the voice's reference mel and prompt features must be non-empty")
+        prompt, fea_ref = prompt[:, :t_min], prompt_features[:, :t_min]
+        if t_min > p.t_ref:
+            prompt, fea_ref = prompt[:, -p.t_ref :], fea_ref[:, -p.t_ref :]
+        return prompt, fea_ref
+
+    def parallel_mel(
+        self,
+        features: Sequence[np.ndarray],
+        prompt_features: np.ndarray,
+        ref_mel: np.ndarray,
+        noise: NoiseSource,
+        sampler: Sampler,
+    ) -> tuple[np.ndarray, int, int]:
+        """Upstream's parallel mode (``using_vocoder_synthesis_batched_infer``) up to the mel.
+
+        The segments' features are concatenated, left-padded by :data:`OVERLAP_FRAMES` zero
+        frames and cut into windows of ``T_chunk − T_min`` frames that overlap by that much;
+        the last is zero-padded. Every window is prompted by the reference (not by the
+        previous window) and all run as one batch. Window ``i`` starting at padded frame
+        ``s_i`` draws its start noise from ``noise`` frames ``[s_i, s_i + chunk_len)``.
+
+        Returns:
+            ``(log-mel [mel, windows · chunk_len], chunk_len, padding of the last window)``.
+        """
+        prompt, fea_ref = self._prompt(prompt_features, ref_mel)
+        t_min = prompt.shape[1]
+        chunk_len = self.params.t_chunk - t_min
+        if chunk_len <= OVERLAP_FRAMES:
+            raise InputError(f"t_chunk − T_min = {chunk_len} must exceed {OVERLAP_FRAMES} frames")
+        padded = np.pad(np.concatenate(features, axis=1), ((0, 0), (OVERLAP_FRAMES, 0)))
+        chunks, starts, pos, padding = [], [], 0, 0
+        while True:
+            pos = pos - OVERLAP_FRAMES if pos else pos
+            chunk = padded[:, pos : pos + chunk_len]
+            if chunk.shape[1] == 0:
+                break
+            padding = chunk_len - chunk.shape[1]
+            chunks.append(np.pad(chunk, ((0, 0), (0, padding))))
+            starts.append(pos)
+            pos += chunk_len
+        b = len(chunks)
+        mu = np.concatenate([np.broadcast_to(fea_ref, (b, *fea_ref.shape)), np.stack(chunks)], 2)
+        x0 = np.zeros((b, self.mel_dim, t_min + chunk_len), np.float32)
+        for i, start in enumerate(starts):
+            x0[i, :, t_min:] = noise.frames(self.mel_dim, start, start + chunk_len)
+        out = self.sample(np.ascontiguousarray(mu), prompt, x0, sampler)[:, :, t_min:]
+        mel = out.transpose(1, 0, 2).reshape(self.mel_dim, -1)  # windows side by side
+        return self.params.denormalize(mel).astype(np.float32), chunk_len, padding
+
+    def synthesize_parallel(
+        self, jobs: Sequence[VocodeJob], sampler: Sampler | None = None
+    ) -> list[np.ndarray]:
+        """Upstream's parallel mode for segments of one voice and speed: one CFM batch, one
+        vocoder call, windows joined with SOLA, then cut back per segment (the last may come
+        out a little shorter, as upstream's). The first job's noise source is used.
+
+        Raises:
+            InputError: jobs of different voices or speeds, or a voice without its mel.
+        """
+        if not jobs:
+            return []
+        first = jobs[0]
+        if any(j.voice is not first.voice or j.speed != first.speed for j in jobs):
+            raise InputError("parallel chunking needs segments of one voice and one speed")
+        voice, ref_mel = first.voice, self._ref_mel(first.voice)
+        ge = voice.ge[:1]
+        prompt_fea = self.features([voice.prompt_tokens], [voice.prompt_phones], ge)[0]
+        feats = self.features([j.tokens for j in jobs], [j.phones for j in jobs], ge, first.speed)
+        mel, chunk_len, padding = self.parallel_mel(
+            feats, prompt_fea, ref_mel, first.noise, sampler or self.default_sampler()
+        )
+        hop = self.params.hop
+        audio = self.vocoder(mel)
+        step = chunk_len * hop
+        audio = sola_join(
+            [audio[i : i + step] for i in range(0, audio.size, step)], OVERLAP_FRAMES * hop
+        )
+        audio = audio[OVERLAP_FRAMES * hop : audio.size - padding * hop]
+        out = []
+        for f in feats:
+            n = f.shape[1] * hop
+            out.append(audio[:n])
+            audio = audio[n:]
+        return out
+
+    def _ref_mel(self, voice: Any) -> np.ndarray:
+        ref_mel = getattr(voice, "ref_mel", None)
+        if ref_mel is None or np.asarray(ref_mel).ndim != 2:
+            raise InputError(
+                "a v3/v4 voice needs its reference mel (ref_mel); prepare it with this bundle"
+            )
+        if voice.prompt_tokens.size == 0 or voice.prompt_phones.size == 0:
+            raise InputError("v3/v4 synthesis needs the prompt's tokens and phones (no ref_free)")
+        return np.asarray(ref_mel, dtype=np.float32)
 
     def vocoder(self, mel: np.ndarray) -> np.ndarray:
         """Log-mel ``[mel, F]`` → float32 waveform ``[F · hop]``."""
@@ -467,13 +574,7 @@ class CfmStage:
             InputError: a voice without a reference mel, or bad tokens/phones.
         """
         voice = job.voice
-        ref_mel = getattr(voice, "ref_mel", None)
-        if ref_mel is None or np.asarray(ref_mel).ndim != 2:
-            raise InputError(
-                "a v3/v4 voice needs its reference mel (ref_mel); prepare it with this bundle"
-            )
-        if voice.prompt_tokens.size == 0 or voice.prompt_phones.size == 0:
-            raise InputError("v3/v4 synthesis needs the prompt's tokens and phones (no ref_free)")
+        ref_mel = self._ref_mel(voice)
         ge = voice.ge[:1]  # upstream's decode_encp reads the main reference only
         prompt_fea, target_fea = (
             self.features([voice.prompt_tokens], [voice.prompt_phones], ge)[0],
@@ -488,13 +589,19 @@ class CfmStage:
         return self.vocoder(mel), mel
 
     def vocode(self, jobs: Sequence[VocodeJob]) -> list[np.ndarray]:
-        """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`), job by job;
-        a job's ``sample_steps`` overrides the bundle's step count."""
+        """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`), job by job
+        (so a segment's audio never depends on its neighbours); a job's ``sample_steps``
+        overrides the bundle's step count and ``parallel`` picks upstream's parallel chunking
+        (:meth:`synthesize_parallel` of that one segment, as upstream with batch size 1)."""
         default = self.default_sampler()
-        return [
-            self.synthesize(job, replace(default, steps=job.sample_steps or default.steps))[0]
-            for job in jobs
-        ]
+        out = []
+        for job in jobs:
+            sampler = replace(default, steps=job.sample_steps or default.steps)
+            if job.parallel:
+                out.extend(self.synthesize_parallel([job], sampler))
+            else:
+                out.append(self.synthesize(job, sampler)[0])
+        return out
 
     def _batch_ge(self, ge: np.ndarray, b: int) -> np.ndarray:
         ge = np.asarray(ge, dtype=np.float32)
@@ -505,3 +612,28 @@ class CfmStage:
                 f"got shape {ge.shape}"
             )
         return np.ascontiguousarray(np.broadcast_to(ge, (b, *ge.shape[1:])))
+
+
+def sola_join(
+    fragments: Sequence[np.ndarray], overlap: int, search: int = SOLA_SEARCH
+) -> np.ndarray:
+    """Join waveform pieces that overlap by ``overlap`` samples (upstream ``TTS.sola_algorithm``).
+
+    For each junction the next piece is shifted by the offset (within ``search`` samples) where
+    its start correlates best, normalised by its energy, with the end of the current piece;
+    the overlap is cross-faded with the halves of a periodic Hann window of ``2·overlap``.
+    """
+    pieces = [np.asarray(f, dtype=np.float32) for f in fragments]
+    n = np.arange(2 * overlap, dtype=np.float64)
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / (2 * overlap))).astype(np.float32)
+    for i in range(len(pieces) - 1):
+        f1, f2 = pieces[i], pieces[i + 1]
+        w1, w2 = f1[-overlap:], f2[: overlap + search]
+        corr = np.correlate(w2, w1, mode="valid")
+        energy = np.correlate(w2 * w2, np.ones_like(w1), mode="valid") + np.float32(1e-8)
+        shift = int(np.argmax(corr / np.sqrt(energy)))
+        pieces[i] = f1[:-overlap]
+        joined = f2[shift:].copy()
+        joined[:overlap] = window[:overlap] * joined[:overlap] + window[overlap:] * f1[-overlap:]
+        pieces[i + 1] = joined
+    return np.concatenate(pieces)

@@ -15,10 +15,10 @@ Deliberate differences from upstream api_v2 (its behaviour in brackets):
 - ``/set_gpt_weights`` and ``/set_sovits_weights`` take a voice bundle (folder inside an allowed
   directory, or a loaded model's name): a bundle carries both models;
 - ``/control?command=restart`` answers 400 (restart the process instead); ``exit`` stops;
-- accepted and ignored: ``batch_threshold``, ``split_bucket``, ``parallel_infer``,
-  ``super_sampling``, ``cfg_rate``, ``use_cuda_graph`` (``sample_steps`` sets the v3/v4 Euler
-  steps and has no effect on v1–v2ProPlus bundles); ``streaming_mode`` 2 and 3 both stream
-  token windows (see the engine);
+- accepted and ignored: ``batch_threshold``, ``split_bucket``, ``super_sampling``,
+  ``cfg_rate``, ``use_cuda_graph`` (``sample_steps`` and ``parallel_infer`` set the v3/v4
+  Euler steps and chunking and have no effect on v1–v2ProPlus bundles); ``streaming_mode`` 2
+  and 3 both stream token windows (see the engine);
 - wav, raw, mp3, opus and aac stream; ogg (Vorbis) and flac are encoded whole;
 - extensions: ``voice`` (a configured voice instead of a reference path) and
   ``ref_audio_base64`` (a reference clip in the POST body, bounded by the body limit).
@@ -70,7 +70,6 @@ IGNORED: Final = frozenset(
     {
         "batch_threshold",
         "split_bucket",
-        "parallel_infer",
         "super_sampling",
         "cfg_rate",
         "use_cuda_graph",
@@ -505,7 +504,14 @@ def create_app(engine: EngineClient, catalog: VoiceCatalog, settings: ServerSett
     return app
 
 
-_INTS: Final = ("top_k", "batch_size", "seed", "overlap_length", "min_chunk_length")
+_INTS: Final = (
+    "top_k",
+    "batch_size",
+    "seed",
+    "overlap_length",
+    "min_chunk_length",
+    "sample_steps",
+)
 _FLOATS: Final = (
     "top_p",
     "temperature",
@@ -525,8 +531,9 @@ def _typed_query(params: dict[str, Any]) -> dict[str, Any]:
                 out[name] = kind(out[name])
             except ValueError:
                 raise HttpError(400, f"{name} must be a number, got {out[name]!r}") from None
-    if "ref_free" in out:
-        out["ref_free"] = _bool(out["ref_free"], "ref_free")
+    for name in ("ref_free", "parallel_infer"):
+        if name in out:
+            out[name] = _bool(out[name], name)
     return out
 
 
