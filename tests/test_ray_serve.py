@@ -196,7 +196,8 @@ def test_streaming_and_reference_path(cluster) -> None:
 
 @in_netns
 def test_replica_killed_mid_run(cluster, bundles) -> None:
-    bodies = _bodies(16)
+    # several sentences each, so the requests still run when the first answers arrive
+    bodies = [{**b, "text": "".join(TEXTS) * 2} for b in _bodies(16)]
     expected = _single_process(bundles, bodies)
     assert len(_replicas()) == 2
 
@@ -206,7 +207,9 @@ def test_replica_killed_mid_run(cluster, bundles) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(post, b) for b in bodies]
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while not any(f.done() for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.02)  # kill once audio is flowing
         assert not all(f.done() for f in futures)  # the kill lands mid-run
         victim = _replicas()[0]
         ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
