@@ -2,7 +2,7 @@
 
 The torch side is upstream's sequential ``using_vocoder_synthesis`` written with the reference
 modules (``decode_features``, ``CFM.sample``, the vocoder) and fed the same start noise, so
-the stage's audio must match it closely (fp32 graphs, same noise: ≥ 40 dB).
+the stage's audio must match it closely (fp32 graphs, same noise: ≥ 80 dB).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from gsv_runtime.errors import BundleError, InputError
 from gsv_runtime.voice import Voice
 
 V3, V4 = ModelVersion.V3, ModelVersion.V4
-SNR_MIN_DB = 40.0
+SNR_MIN_DB = 80.0
+"""Stage audio vs the torch pipeline, same noise (measured 117–129 dB on tiny v3/v4; the
+issue asked for ≥ 40)."""
 
 
 @cache

@@ -22,12 +22,22 @@ v3/v4, ``cfg_rate`` 0) runs its two passes as one batch of two.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Final
 
 import numpy as np
 
 from gsv_runtime.acoustic import NoiseSource, VocodeJob
+from gsv_runtime.acoustic.cfm_host import (
+    CFG_THRESHOLD,
+    OVERLAP_FRAMES,
+    CfmParams,
+    Sampler,
+    feature_frames,
+    feature_lengths,
+    sola_join,
+    stretched_frames,
+)
 from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
 from gsv_runtime.audio_features import log_mel_spectrogram, sinc_resample
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
@@ -41,122 +51,6 @@ VOCODER: Final = "cfm_vocoder"
 GRAPHS: Final = (PROMPT, REF, ENCODER, EMBED, STEP, VOCODER)
 SYNTH_GRAPHS: Final = (ENCODER, EMBED, STEP, VOCODER)
 """What synthesis needs once a voice is prepared."""
-CFG_THRESHOLD: Final = 1e-5
-"""Guidance runs only for ``cfg_rate`` above this (upstream's test)."""
-OVERLAP_FRAMES: Final = 12
-"""Parallel chunking: mel frames consecutive windows share (upstream ``overlapped_len``)."""
-SOLA_SEARCH: Final = 320
-"""Parallel chunking: samples the SOLA join searches for the best alignment."""
-
-
-@dataclass(frozen=True)
-class CfmParams:
-    """What the host needs besides the graphs; the manifest's ``audio`` section holds it."""
-
-    sample_rate: int
-    """Output rate of the vocoder (24000 v3, 48000 v4)."""
-    hop: int
-    """Waveform samples per mel frame (256 v3, 480 v4)."""
-    feature_upsample: float
-    """Mel frames per 50 Hz content frame (1.875 v3, 2 v4)."""
-    mask_frames_per_code: float
-    """Upstream's ``wns1`` mask length per 25 Hz code (3.875 v3, 4 v4)."""
-    mel: dict[str, Any]
-    """Reference mel: sample_rate, n_fft, hop, win, n_mels, fmin, fmax."""
-    spec_min: float = -12.0
-    spec_max: float = 2.0
-    t_ref: int = 468
-    t_chunk: int = 934
-    steps: int = 32
-    temperature: float = 1.0
-    cfg_rate: float = 0.0
-    cfg_drops_text: bool = True
-
-    @classmethod
-    def from_audio(cls, audio: Mapping[str, Any], where: str = "bundle") -> CfmParams:
-        """Read the manifest's ``audio`` section.
-
-        Raises:
-            BundleError: a value is missing or of the wrong type.
-        """
-        try:
-            cfm = dict(audio["cfm"])
-            return cls(
-                sample_rate=int(audio["sample_rate"]),
-                hop=int(audio["samples_per_frame"]),
-                feature_upsample=float(cfm["feature_upsample"]),
-                mask_frames_per_code=float(cfm["mask_frames_per_code"]),
-                mel=dict(audio["mel"]),
-                spec_min=float(cfm["spec_min"]),
-                spec_max=float(cfm["spec_max"]),
-                t_ref=int(cfm["t_ref"]),
-                t_chunk=int(cfm["t_chunk"]),
-                steps=int(cfm["steps"]),
-                temperature=float(cfm["temperature"]),
-                cfg_rate=float(cfm["cfg_rate"]),
-                cfg_drops_text=bool(cfm["cfg_drops_text"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: the CFM audio section is incomplete ({exc!r})") from None
-
-    def normalize(self, mel: np.ndarray) -> np.ndarray:
-        """Log-mel → [-1, 1] (upstream ``norm_spec``)."""
-        return (mel - self.spec_min) / (self.spec_max - self.spec_min) * 2 - 1
-
-    def denormalize(self, mel: np.ndarray) -> np.ndarray:
-        """[-1, 1] → log-mel (upstream ``denorm_spec``)."""
-        return (mel + 1) / 2 * (self.spec_max - self.spec_min) + self.spec_min
-
-
-def stretched_frames(code_lengths: Sequence[int], speeds: Sequence[float]) -> np.ndarray:
-    """50 Hz content frames per row after the speed change: ``2·n``, else ``int(2n/s) + 1``."""
-    return np.array(
-        [
-            2 * int(n) if s == 1 else int(2 * int(n) / s) + 1
-            for n, s in zip(code_lengths, speeds, strict=True)
-        ],
-        dtype=np.int64,
-    )
-
-
-def feature_frames(frames50: np.ndarray, upsample: float) -> np.ndarray:
-    """Mel-rate frames the nearest up-sampling yields: ``floor(frames · upsample)``."""
-    return np.array([int(int(f) * upsample) for f in frames50], dtype=np.int64)
-
-
-def feature_lengths(
-    code_lengths: Sequence[int], speeds: Sequence[float], upsample: float, mask_ratio: float
-) -> np.ndarray:
-    """Valid (unmasked) mel-rate frames per row, as ``SoVITSV3Model.feature_lengths``.
-
-    ``min(frames, floor(n · mask_ratio / speed) (+1 when speed ≠ 1))`` in Python float64, as
-    upstream computes the mask length in ``decode_encp``.
-    """
-    frames = feature_frames(stretched_frames(code_lengths, speeds), upsample)
-    masked = [
-        int(int(n) * mask_ratio / s) + (0 if s == 1 else 1)
-        for n, s in zip(code_lengths, speeds, strict=True)
-    ]
-    return np.minimum(frames, np.array(masked, dtype=np.int64))
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """Euler steps, start-noise temperature and guidance of one synthesis."""
-
-    steps: int = 32
-    temperature: float = 1.0
-    cfg_rate: float = 0.0
-    cfg_drops_text: bool = True
-
-    def validate(self) -> None:
-        """Raise InputError naming the field that is out of range."""
-        if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= 1000:
-            raise InputError(f"sample_steps must be an integer in [1, 1000], got {self.steps!r}")
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise InputError(f"temperature must be finite and > 0, got {self.temperature}")
-        if not (np.isfinite(self.cfg_rate) and self.cfg_rate >= 0):
-            raise InputError(f"cfg_rate must be finite and >= 0, got {self.cfg_rate}")
 
 
 class CfmStage:
@@ -612,28 +506,3 @@ class CfmStage:
                 f"got shape {ge.shape}"
             )
         return np.ascontiguousarray(np.broadcast_to(ge, (b, *ge.shape[1:])))
-
-
-def sola_join(
-    fragments: Sequence[np.ndarray], overlap: int, search: int = SOLA_SEARCH
-) -> np.ndarray:
-    """Join waveform pieces that overlap by ``overlap`` samples (upstream ``TTS.sola_algorithm``).
-
-    For each junction the next piece is shifted by the offset (within ``search`` samples) where
-    its start correlates best, normalised by its energy, with the end of the current piece;
-    the overlap is cross-faded with the halves of a periodic Hann window of ``2·overlap``.
-    """
-    pieces = [np.asarray(f, dtype=np.float32) for f in fragments]
-    n = np.arange(2 * overlap, dtype=np.float64)
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / (2 * overlap))).astype(np.float32)
-    for i in range(len(pieces) - 1):
-        f1, f2 = pieces[i], pieces[i + 1]
-        w1, w2 = f1[-overlap:], f2[: overlap + search]
-        corr = np.correlate(w2, w1, mode="valid")
-        energy = np.correlate(w2 * w2, np.ones_like(w1), mode="valid") + np.float32(1e-8)
-        shift = int(np.argmax(corr / np.sqrt(energy)))
-        pieces[i] = f1[:-overlap]
-        joined = f2[shift:].copy()
-        joined[:overlap] = window[:overlap] * joined[:overlap] + window[overlap:] * f1[-overlap:]
-        pieces[i + 1] = joined
-    return np.concatenate(pieces)
