@@ -24,6 +24,9 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("acoustic", "openvino", amx) == ("bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx2"})) == ("fp32",)
     assert auto_order("gpt", "onnxruntime", amx) == ("fp32",)
+    graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
+    assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
+    assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("fp32",)
 
 
 def test_choose_precisions_takes_what_the_bundle_holds(tiny_bundle, caplog) -> None:
