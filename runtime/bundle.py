@@ -295,6 +295,20 @@ def check_files(root: str | Path, manifest: Manifest, verify_hashes: bool = Fals
             raise BundleError(f"{root}: {rel} was altered (sha256 differs from the manifest)")
 
 
+def check_graph_io(name: str, spec: GraphSpec, inputs: Any, outputs: Any) -> None:
+    """A compiled graph's input and output names must be the manifest's declaration.
+
+    Raises:
+        BundleError: naming the graph and both sides.
+    """
+    want, have = (set(spec.inputs), set(spec.outputs)), (set(inputs), set(outputs))
+    if want != have:
+        raise BundleError(
+            f"{name}: graph I/O {sorted(have[0])} → {sorted(have[1])} does not match the "
+            f"manifest {sorted(want[0])} → {sorted(want[1])}"
+        )
+
+
 _FORMAT_OF_BACKEND: Final[dict[str, GraphFormat]] = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from gsv_runtime.audio_features import sv_fbank
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
-from gsv_runtime.bundle import Bundle, inside
+from gsv_runtime.bundle import Bundle, check_graph_io, inside
 from gsv_runtime.errors import BundleError, InputError
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,14 +107,7 @@ class SupportModels:
             spec = self.bundle.graph(name)
             path = self.bundle.graph_path(name, self.backend, self._precision_of(name))
             runner = make_runner(path, self.backend, self.options)
-            if set(runner.input_names) != set(spec.inputs) or set(runner.output_names) != set(
-                spec.outputs
-            ):
-                raise BundleError(
-                    f"{path.name}: graph I/O {sorted(runner.input_names)} → "
-                    f"{sorted(runner.output_names)} differs from the manifest "
-                    f"{sorted(spec.inputs)} → {sorted(spec.outputs)}"
-                )
+            check_graph_io(path.name, spec, runner.input_names, runner.output_names)
             self._runners[name] = runner
         return self._runners[name]
 

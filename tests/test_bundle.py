@@ -143,3 +143,14 @@ def test_info_describes_the_bundle(tmp_path: Path) -> None:
     text = "\n".join(lines)
     assert "voice, format 1" in text and "sha256 verified" in text
     assert "x:float32[batch,4]" in text
+
+
+def test_graph_io_must_match_the_declaration() -> None:
+    from gsv_runtime.bundle import GraphSpec, TensorSpec, check_graph_io
+
+    spec = GraphSpec(
+        {"x": TensorSpec("float32", ("batch", 4))}, {"y": TensorSpec("float32", (1,))}, ()
+    )
+    check_graph_io("g", spec, ("x",), ("y",))
+    with pytest.raises(BundleError, match=r"g: graph I/O \['z'\] → \['y'\] does not match"):
+        check_graph_io("g", spec, ("z",), ("y",))

@@ -41,7 +41,7 @@ from gsv_runtime.acoustic.cfm_host import (
 from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
 from gsv_runtime.audio_features import log_mel_spectrogram, sinc_resample
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
-from gsv_runtime.bundle import Bundle, GraphSpec
+from gsv_runtime.bundle import Bundle, GraphSpec, check_graph_io
 from gsv_runtime.errors import BundleError, InputError
 
 ENCODER: Final = "cfm_encoder"
@@ -79,13 +79,7 @@ class CfmStage:
             spec = specs.get(name)
             if spec is None:
                 raise BundleError(f"runner {name!r} has no graph declaration")
-            want = (set(spec.inputs), set(spec.outputs))
-            have = (set(runner.input_names), set(runner.output_names))
-            if want != have:
-                raise BundleError(
-                    f"{name}: graph I/O {sorted(have[0])} → {sorted(have[1])} does not match "
-                    f"the manifest {sorted(want[0])} → {sorted(want[1])}"
-                )
+            check_graph_io(name, spec, runner.input_names, runner.output_names)
         self.specs = dict(specs)
         self.runners = dict(runners)
         self.params = params

@@ -21,7 +21,7 @@ import numpy as np
 
 from gsv_runtime.acoustic import VocodeJob
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
-from gsv_runtime.bundle import Bundle, GraphSpec
+from gsv_runtime.bundle import Bundle, GraphSpec, check_graph_io
 from gsv_runtime.errors import BundleError, InputError
 
 PROMPT: Final = "sovits_prompt"
@@ -102,13 +102,7 @@ class SoVITSStage:
             spec = specs.get(name)
             if spec is None:
                 raise BundleError(f"runner {name!r} has no graph declaration")
-            want = (set(spec.inputs), set(spec.outputs))
-            have = (set(runner.input_names), set(runner.output_names))
-            if want != have:
-                raise BundleError(
-                    f"{name}: graph I/O {sorted(have[0])} → {sorted(have[1])} does not match "
-                    f"the manifest {sorted(want[0])} → {sorted(want[1])}"
-                )
+            check_graph_io(name, spec, runner.input_names, runner.output_names)
         self.specs = dict(specs)
         self.runners = dict(runners)
         dec = specs[DECODER]
