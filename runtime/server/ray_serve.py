@@ -106,6 +106,8 @@ class RayServeOptions:
             **scaling,
             "ray_actor_options": {"num_cpus": self.replica_cpus, "num_gpus": self.replica_gpus},
             "max_ongoing_requests": self.max_ongoing_requests,
+            # held at the caller (the gateway) beyond what the replicas run; more: 503
+            "max_queued_requests": self.max_queued_requests,
         }
 
 
