@@ -10,13 +10,13 @@ so a segment decoded whole, in token-streaming windows, or in any batch sees the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from gsv_runtime.backends import BackendName, RunnerOptions
-from gsv_runtime.bundle import Bundle
+from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.bundle import Bundle, GraphSpec
 from gsv_runtime.errors import BundleError
 
 if TYPE_CHECKING:
@@ -85,6 +85,32 @@ class AcousticStage(Protocol):
     def vocode(self, jobs: Sequence[VocodeJob]) -> list[np.ndarray]:
         """One float32 waveform per job, in order (jobs may be decoded as one batch)."""
         ...
+
+
+def compile_graphs(
+    bundle: Bundle,
+    names: Sequence[str],
+    backend: BackendName,
+    options: RunnerOptions | None,
+    precision: str,
+) -> tuple[dict[str, GraphSpec], dict[str, GraphRunner]]:
+    """Declarations and compiled runners of an acoustic stage's graphs at one precision.
+
+    OpenVINO's ``bf16`` variant is the fp32 IR compiled with a bf16 precision hint.
+
+    Raises:
+        BundleError: a graph or variant is missing.
+        BackendError: the backend cannot compile a graph.
+    """
+    options = options or RunnerOptions()
+    if precision == "bf16" and backend == "openvino":
+        options = replace(options, precision_hint="bf16")
+    specs = {name: bundle.graph(name) for name in names}
+    runners = {
+        name: make_runner(bundle.graph_path(name, backend, precision), backend, options)
+        for name in names
+    }
+    return specs, runners
 
 
 def load_acoustic(

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from gsv_runtime.acoustic import NoiseSource, VocodeJob
+from gsv_runtime.acoustic import NoiseSource, VocodeJob, compile_graphs
 from gsv_runtime.acoustic.cfm_host import (
     CFG_THRESHOLD,
     OVERLAP_FRAMES,
@@ -38,9 +38,9 @@ from gsv_runtime.acoustic.cfm_host import (
     sola_join,
     stretched_frames,
 )
-from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
+from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows, run_prompt
 from gsv_runtime.audio_features import log_mel_spectrogram, sinc_resample
-from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions
 from gsv_runtime.bundle import Bundle, GraphSpec, check_graph_io
 from gsv_runtime.errors import BundleError, InputError
 
@@ -107,16 +107,8 @@ class CfmStage:
                 graph's I/O differs from the manifest.
             BackendError: the backend cannot compile a graph.
         """
-        options = options or RunnerOptions()
-        if precision == "bf16" and backend == "openvino":
-            options = replace(options, precision_hint="bf16")
         params = CfmParams.from_audio(bundle.manifest.audio, str(bundle.root))
-        specs = {name: bundle.graph(name) for name in graphs}
-        runners = {
-            name: make_runner(bundle.graph_path(name, backend, precision), backend, options)
-            for name in graphs
-        }
-        return cls(specs, runners, params)
+        return cls(*compile_graphs(bundle, graphs, backend, options, precision), params)
 
     def _runner(self, name: str) -> GraphRunner:
         try:
@@ -132,13 +124,7 @@ class CfmStage:
         Raises:
             InputError: wrong rank or fewer than 2 frames.
         """
-        x = np.asarray(ssl_features, dtype=np.float32)
-        single = x.ndim == 2
-        x = x[None] if single else x
-        if x.ndim != 3 or x.shape[2] < 2:
-            raise InputError(f"ssl_features must be [C, T≥2] or [B, C, T≥2], got {x.shape}")
-        codes = self._runner(PROMPT).run({"ssl": np.ascontiguousarray(x)})["codes"]
-        return codes[0] if single else codes
+        return run_prompt(self.specs.get(PROMPT), self._runner(PROMPT), ssl_features)
 
     def reference(self, spec: np.ndarray, sv: np.ndarray | None = None) -> np.ndarray:
         """Linear spectrogram ``[1025, T]`` of the 32 kHz reference → ``ge [1, gin, 1]``.

@@ -14,13 +14,12 @@ single-threaded): give each worker thread its own stage.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Final
 
 import numpy as np
 
-from gsv_runtime.acoustic import VocodeJob
-from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.acoustic import VocodeJob, compile_graphs
+from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions
 from gsv_runtime.bundle import Bundle, GraphSpec, check_graph_io
 from gsv_runtime.errors import BundleError, InputError
 
@@ -82,6 +81,25 @@ def _per_row(value: float | Sequence[float], n: int, name: str) -> list[float]:
     return values
 
 
+def run_prompt(spec: GraphSpec | None, runner: GraphRunner, ssl_features: np.ndarray) -> np.ndarray:
+    """``sovits_prompt`` on ``[768, T50]`` or ``[B, 768, T50]`` HuBERT features → int64 codes
+    ``[T50 // 2]`` or ``[B, T50 // 2]`` (every acoustic family shares this graph).
+
+    Raises:
+        InputError: wrong rank or channel count, or fewer than 2 frames.
+    """
+    x = np.asarray(ssl_features, dtype=np.float32)
+    single = x.ndim == 2
+    x = x[None] if single else x
+    dim = spec.inputs["ssl"].shape[1] if spec is not None else None
+    if x.ndim != 3 or (dim is not None and x.shape[1] != dim) or x.shape[2] < 2:
+        raise InputError(
+            f"ssl_features must be [{dim}, T≥2] or [B, {dim}, T≥2], got shape {x.shape}"
+        )
+    codes = runner.run({"ssl": np.ascontiguousarray(x)})["codes"]
+    return codes[0] if single else codes
+
+
 class SoVITSStage:
     """The SoVITS graphs of one voice bundle on one backend.
 
@@ -134,15 +152,7 @@ class SoVITSStage:
             BundleError: a graph or variant is missing, or its I/O differs from the manifest.
             BackendError: the backend cannot compile a graph.
         """
-        options = options or RunnerOptions()
-        if precision == "bf16" and backend == "openvino":
-            options = replace(options, precision_hint="bf16")
-        specs = {name: bundle.graph(name) for name in graphs}
-        runners = {
-            name: make_runner(bundle.graph_path(name, backend, precision), backend, options)
-            for name in graphs
-        }
-        return cls(specs, runners)
+        return cls(*compile_graphs(bundle, graphs, backend, options, precision))
 
     def _runner(self, name: str) -> GraphRunner:
         try:
@@ -165,16 +175,7 @@ class SoVITSStage:
         Raises:
             InputError: wrong rank or channel count, or fewer than 2 frames.
         """
-        x = np.asarray(ssl_features, dtype=np.float32)
-        single = x.ndim == 2
-        x = x[None] if single else x
-        dim = self.specs[PROMPT].inputs["ssl"].shape[1] if PROMPT in self.specs else None
-        if x.ndim != 3 or (dim is not None and x.shape[1] != dim) or x.shape[2] < 2:
-            raise InputError(
-                f"ssl_features must be [{dim}, T≥2] or [B, {dim}, T≥2], got shape {x.shape}"
-            )
-        codes = self._runner(PROMPT).run({"ssl": np.ascontiguousarray(x)})["codes"]
-        return codes[0] if single else codes
+        return run_prompt(self.specs.get(PROMPT), self._runner(PROMPT), ssl_features)
 
     def reference(
         self,
