@@ -122,7 +122,7 @@ class CfmStage:
         """HuBERT features ``[768, T50]`` or ``[B, 768, T50]`` → prompt codes (25 Hz).
 
         Raises:
-            InputError: wrong rank or fewer than 2 frames.
+            InputError: wrong rank or channel count, or fewer than 2 frames.
         """
         return run_prompt(self.specs.get(PROMPT), self._runner(PROMPT), ssl_features)
 
