@@ -189,6 +189,8 @@ def _random_voice(
     voice = cache / version / "voice"
     have = _variants(voice)
     wanted = set(precisions) | {"fp32"}
+    if "auto" in wanted:  # what auto may pick on any CPU
+        wanted = (wanted - {"auto"}) | {"bf16", "int8"}
     if wanted <= have:
         return voice, gpt, sovits
     log = cache / "export.log"

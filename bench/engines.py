@@ -216,6 +216,7 @@ class RuntimeEngine:
         return {
             "t2s_design": self.synth.t2s.design,
             "t2s_precision": self.synth.t2s.precision,
+            "stage_precisions": dict(self.synth.model.precisions),
             "device": runtime_device(self.point.engine, self.point.device),
         }
 

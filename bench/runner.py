@@ -118,9 +118,16 @@ def _pass(engines: Sequence[Any], texts: Sequence[TextItem], batch: int) -> dict
 
 
 def aggregate(
-    passes: Sequence[dict[str, Any]], t2s: dict[str, Any], point: BenchPoint, bandwidth: float
+    passes: Sequence[dict[str, Any]],
+    t2s: dict[str, Any],
+    point: BenchPoint,
+    bandwidth: float,
+    gpt_precision: str | None = None,
 ) -> dict[str, Any]:
-    """Medians and spread over the timed passes, plus the per-step GPT figures."""
+    """Medians and spread over the timed passes, plus the per-step GPT figures.
+
+    ``gpt_precision`` is the variant the GPT really ran (``auto`` resolves per stage).
+    """
     walls = [p["wall_s"] for p in passes]
     audio = [sum(r["audio_s"] for r in p["requests"]) for p in passes]
     requests = [r for p in passes for r in p["requests"]]
@@ -158,7 +165,7 @@ def aggregate(
         "segments_per_request": summarize([r["segments"] for r in requests])["median"],
     }
     if steps and t2s:
-        w_bytes, kv_bytes = value_bytes(point.engine, point.precision)
+        w_bytes, kv_bytes = value_bytes(point.engine, gpt_precision or point.precision)
         batch = sum(s[1] for s in steps) / len(steps)
         context = sum(s[2] for s in steps) / len(steps)
         step_bytes = gpt_step_bytes(t2s, w_bytes, batch, context, kv_bytes)
@@ -257,14 +264,15 @@ def run_point(
             passes.append(_pass(engines, texts, point.batch))
             tick(1)
     t2s = _t2s_block(assets)
+    effective = engines[0].effective()
     record.update(
         status="ok",
-        effective=engines[0].effective(),
+        effective=effective,
         metrics={
             "load_cold_s": cold,
             "load_warm_s": warm,
             "reference": reference,
-            **aggregate(passes, t2s, point, bandwidth),
+            **aggregate(passes, t2s, point, bandwidth, effective.get("t2s_precision")),
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": gpu.peak_mb,
         },

@@ -13,7 +13,8 @@ from gsv_runtime.errors import InputError
 ENGINES: Final = ("torch", "onnxruntime", "openvino")
 """``torch`` is the PyTorch-eager baseline (gsv_models, upstream-equivalent numerics)."""
 DEVICES: Final = ("cpu", "gpu")
-PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8", "auto")
+"""``auto`` runs what the runtime picks per stage on this CPU (``gsv info --system``)."""
 
 SPLIT_BY_LANG: Final = {"en": "cut4", "ko": "cut4", "zh": "cut3", "ja": "cut3", "yue": "cut3"}
 """Sentence split per language (cut4 splits at ".", cut3 at "。"): one GPT row per sentence."""
@@ -143,7 +144,8 @@ class BenchPoint:
 
 def supported(point: BenchPoint) -> str | None:
     """Why this combination is not measured (None when it is)."""
-    if point.engine == "torch" and point.precision != "fp32" and point.device == "cpu":
+    cpu_torch = point.engine == "torch" and point.device == "cpu"
+    if cpu_torch and point.precision not in ("fp32", "auto"):
         return "the torch baseline runs fp32 on CPU"
     if point.engine == "onnxruntime" and point.precision == "bf16":
         return "onnxruntime has no bf16 graphs (bf16 is an OpenVINO inference hint)"
