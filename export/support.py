@@ -28,6 +28,8 @@ Precisions (``export_support_graphs(precisions=...)``):
 * int8: HuBERT and BERT only (weight-only; activations stay float). onnxruntime:
   ``quantize_dynamic`` of MatMul, per-channel int8 weights; OpenVINO: ``nncf.compress_weights``
   INT8_ASYM. The speaker model is convolutional and is kept in float (noted in info).
+* bf16: OpenVINO only, the fp32 IR compiled with a bf16 inference hint (no file of its own;
+  onnxruntime's CPU provider has no bf16 kernels).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from gsv_runtime.errors import InputError
 _LOGGER = logging.getLogger(__name__)
 
 SUPPORT_GRAPHS: Final = ("hubert", "bert", "sv")
-SUPPORT_PRECISIONS: Final = ("fp32", "fp16", "int8")
+SUPPORT_PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
 INT8_GRAPHS: Final = frozenset({"hubert", "bert"})
 TOKENIZER_PATH: Final = "tokenizer/tokenizer.json"
 """Where the bundle keeps the BERT tokenizer (also recorded as ``text.tokenizer``)."""
@@ -263,8 +265,7 @@ def check_choices(formats: Sequence[str], precisions: Sequence[str]) -> None:
     bad_p = [p for p in precisions if p not in SUPPORT_PRECISIONS]
     if bad_p:
         raise InputError(
-            f"support precisions must be among {', '.join(SUPPORT_PRECISIONS)}; got {bad_p} "
-            "(bf16 is a runtime inference hint, not a stored variant)"
+            f"support precisions must be among {', '.join(SUPPORT_PRECISIONS)}; got {bad_p}"
         )
 
 
@@ -302,6 +303,8 @@ def _write_variant(
     """Write one format × precision of a graph from its fp32 ONNX file (None: skipped)."""
     stem = variant_stem(name, precision)
     work_dir = fp32.parent.parent
+    if precision == "bf16":  # a compile hint on the fp32 IR, which the fp32 pass wrote
+        return GraphFile("openvino", "bf16", f"openvino/{name}.xml") if fmt == "openvino" else None
     if fmt == "onnx":
         path = work_dir / "onnx" / f"{stem}.onnx"
         if precision == "int8":
@@ -432,7 +435,13 @@ def _info(mods: SupportModules, bert_dir: str | Path | None, work_dir: Path) -> 
 
 # ------------------------------------------------------------------------------------ parity
 
-COSINE_FLOORS: Final[dict[str, float]] = {"fp16": 0.999, "int8": 0.99, "sv/fp16": 0.995}
+COSINE_FLOORS: Final[dict[str, float]] = {
+    "fp16": 0.999,
+    "bf16": 0.995,
+    "int8": 0.99,
+    "sv/fp16": 0.995,
+    "sv/bf16": 0.99,
+}
 """Lower precisions: minimum cosine similarity of any single feature vector (one HuBERT frame,
 one BERT token, one speaker vector) against torch fp32, by ``precision`` or ``graph/precision``.
 
@@ -563,6 +572,7 @@ def verify_support(
     :data:`COSINE_FLOORS`). The caller decides whether to ``raise_if_failed()``.
     """
     from gsv_runtime.backends import RunnerOptions, make_runner
+    from gsv_runtime.variants import variant_options
 
     floors = {**COSINE_FLOORS, **(floors or {})}
     report = ParityReport()
@@ -576,7 +586,8 @@ def verify_support(
             backend = _BACKEND_OF_FORMAT[variant.format]
             if backend not in backends:
                 continue
-            runner = make_runner(work_dir / variant.path, backend, RunnerOptions())  # type: ignore[arg-type]
+            options = variant_options(backend, variant.precision, RunnerOptions())
+            runner = make_runner(work_dir / variant.path, backend, options)  # type: ignore[arg-type]
             actual = [runner.run(feeds)[out_name] for feeds in grid]
             if variant.precision == "fp32" and name not in conditioning:
                 conditioning[name] = _exact_outputs(name, modules, grid, expected)

@@ -15,7 +15,6 @@ Pipeline duties of the caller, as upstream does them (``TTS_infer_pack/TTS.py``)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -26,8 +25,7 @@ from gsv_runtime.audio_features import sv_fbank
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle, check_graph_io, inside
 from gsv_runtime.errors import BundleError, InputError
-
-_LOGGER = logging.getLogger(__name__)
+from gsv_runtime.variants import choose_support_precisions, variant_options
 
 HUBERT_PAD_SAMPLES: Final = 9600
 """Zeros upstream appends to the 16 kHz reference before HuBERT (0.3 s × 32 kHz, see
@@ -48,9 +46,11 @@ class SupportModels:
         bundle: A support bundle (graphs ``hubert``, ``bert``, ``sv``; any subset).
         backend: "onnxruntime" or "openvino".
         options: Device and threads for every graph (None: backend defaults).
-        precision: One precision for all graphs, or a mapping graph → precision. With one
-            string, a graph that has no such variant (e.g. ``sv`` has no int8) uses fp32;
-            with a mapping, a missing variant is an error.
+        precision: A precision request as the runtime takes it (``auto``, ``int8``,
+            ``gpt=int8,support=bf16``; resolved per graph by
+            :func:`~gsv_runtime.variants.choose_support_precisions`: a graph without the
+            variant runs fp32), or a mapping graph → precision, where a missing variant is an
+            error. OpenVINO's ``bf16`` is the fp32 IR compiled with a bf16 precision hint.
     """
 
     def __init__(
@@ -63,7 +63,12 @@ class SupportModels:
         self.bundle = bundle
         self.backend: BackendName = backend
         self.options = options or RunnerOptions()
-        self.precision = precision
+        self.precisions: dict[str, str] = (
+            choose_support_precisions(bundle, backend, precision)
+            if isinstance(precision, str)
+            else dict(precision)
+        )
+        """The variant each graph runs."""
         self._runners: dict[str, GraphRunner] = {}
         self._tokenizer: Any = None
 
@@ -87,15 +92,6 @@ class SupportModels:
 
     # ------------------------------------------------------------------------------ plumbing
 
-    def _precision_of(self, name: str) -> str:
-        if isinstance(self.precision, str):
-            fmt = "onnx" if self.backend == "onnxruntime" else "openvino"
-            if self.bundle.graph(name).variant(fmt, self.precision) is None:  # type: ignore[arg-type]
-                _LOGGER.debug("%s: no %s variant, using fp32", name, self.precision)
-                return "fp32"
-            return self.precision
-        return self.precision.get(name, "fp32")
-
     def runner(self, name: str) -> GraphRunner:
         """The compiled graph ``name`` (compiled once, checked against the manifest).
 
@@ -105,8 +101,10 @@ class SupportModels:
         """
         if name not in self._runners:
             spec = self.bundle.graph(name)
-            path = self.bundle.graph_path(name, self.backend, self._precision_of(name))
-            runner = make_runner(path, self.backend, self.options)
+            precision = self.precisions.get(name, "fp32")
+            path = self.bundle.graph_path(name, self.backend, precision)
+            options = variant_options(self.backend, precision, self.options)
+            runner = make_runner(path, self.backend, options)
             check_graph_io(path.name, spec, runner.input_names, runner.output_names)
             self._runners[name] = runner
         return self._runners[name]

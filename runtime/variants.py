@@ -1,27 +1,35 @@
 """Which stored variant each stage runs: one place for the precision choice.
 
 A precision request is ``fp32``/``fp16``/``bf16``/``int8`` for every stage, ``auto``, or per
-stage, e.g. ``gpt=int8,acoustic=bf16``. ``auto`` picks, per stage and backend, the first
-variant the bundle holds from an order set by this CPU's ISA (measured on the 2-core
-AVX-512-VNNI/BF16 EPYC of bench/results: OpenVINO's GPT step is fastest in int8 with VNNI
-(5.5 ms vs 8.4 ms bf16 at context 600) and its SoVITS decoder in bf16 (67 vs 170 ms per audio
-second); onnxruntime gains nothing from int8 on the step here, so it stays fp32).
+stage, e.g. ``gpt=int8,acoustic=bf16,support=bf16``. ``auto`` picks, per stage and backend, the
+first variant the bundle holds from an order set by this CPU's ISA, measured side by side on the
+2-core AVX-512-VNNI/BF16 EPYC of bench/results (full-size random weights, 2 threads):
+
+* GPT step: int8 wins on both backends with VNNI (OpenVINO 9.5 vs 10.7 ms bf16; onnxruntime
+  8.2–9.8 vs 13.3–14.3 ms fp32 at context ≈ 600);
+* SoVITS decoder: OpenVINO bf16 (96 vs 148 ms per audio second for the fp32 decoder);
+* support graphs (HuBERT, BERT, SV): OpenVINO bf16 (2.0×, 2.3×, 1.8× fp32), onnxruntime int8
+  (HuBERT 1.5×, BERT 2.8×; SV has no int8 and stays fp32).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
+from gsv_runtime.backends import RunnerOptions
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BundleError, InputError
 
 _LOGGER = logging.getLogger(__name__)
 
 PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
-STAGES: Final = ("gpt", "acoustic")
+STAGES: Final = ("gpt", "acoustic", "support")
+"""The GPT and the acoustic stage run the voice bundle's graphs; ``support`` the support
+bundle's (HuBERT, BERT, SV), chosen per graph by :func:`choose_support_precisions`."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,15 +52,18 @@ INT8_DOT_FLAGS: Final = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimd
 The Arm rows follow the x86 measurements by analogy; they are not measured on Arm."""
 
 _WHY: Final = {
-    "onnxruntime-gpt": "onnxruntime: int8 was no faster than fp32 on the GPT step (9.1 ms both "
-    "on a VNNI CPU) and its CPU provider has no bf16 kernels",
+    "onnxruntime-gpt-int8": "int8 dot-product units: the memory-bound step reads a quarter of "
+    "the weight bytes (8.2–9.8 ms vs 13.3–14.3 ms fp32 at context 600, VNNI)",
     "onnxruntime-acoustic": "onnxruntime: its CPU provider has no bf16 kernels and the SoVITS "
     "decoder has no int8 variant",
-    "gpt-int8": "int8 dot-product units: int8 weights stream fastest in the memory-bound step "
-    "(5.5 ms vs 8.4 ms bf16 at context 600, VNNI)",
-    "gpt-bf16": "BF16 units: half the weight traffic of fp32",
-    "acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 67 ms per audio "
-    "second vs 170 ms in fp32",
+    "onnxruntime-support-int8": "int8 dot-product units: BERT 2.8×, HuBERT 1.5× fp32 (VNNI; "
+    "SV has no int8 and runs fp32)",
+    "openvino-gpt-int8": "int8 dot-product units: int8 weights stream fastest in the "
+    "memory-bound step (9.5 ms vs 10.7 ms bf16 at context 600, VNNI)",
+    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32",
+    "openvino-acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 96 ms per "
+    "audio second vs 148 ms in fp32",
+    "openvino-support-bf16": "BF16 units: HuBERT 2.0×, BERT 2.3×, SV 1.8× fp32",
     "fp32": "the fallback every CPU runs",
 }
 """Why ``auto`` ranks each choice (figures from bench/results on the 2-core EPYC)."""
@@ -60,12 +71,18 @@ _WHY: Final = {
 
 def auto_explained(stage: str, backend: str, flags: frozenset[str]) -> tuple[tuple[str, str], ...]:
     """Precisions ``auto`` tries for a stage, best first, each with the reason it is there."""
-    if backend != "openvino":
-        return (("fp32", _WHY[f"onnxruntime-{stage}"]),)
     bf16 = bool(flags & BF16_FLAGS)
     vnni = bool(flags & INT8_DOT_FLAGS)
-    ranked = [("int8", vnni), ("bf16", bf16)] if stage == "gpt" else [("bf16", bf16)]
-    chosen = [(p, _WHY[f"{stage}-{p}"]) for p, available in ranked if available]
+    ranked = {
+        ("onnxruntime", "gpt"): [("int8", vnni)],
+        ("onnxruntime", "support"): [("int8", vnni)],
+        ("openvino", "gpt"): [("int8", vnni), ("bf16", bf16)],
+        ("openvino", "acoustic"): [("bf16", bf16)],
+        ("openvino", "support"): [("bf16", bf16)],
+    }.get((backend, stage), [])
+    chosen = [(p, _WHY[f"{backend}-{stage}-{p}"]) for p, available in ranked if available]
+    if backend == "onnxruntime" and stage == "acoustic":
+        return (("fp32", _WHY["onnxruntime-acoustic"]),)
     return (*chosen, ("fp32", _WHY["fp32"]))
 
 
@@ -75,7 +92,8 @@ def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ..
 
 
 def parse_precision(spec: str) -> dict[str, str]:
-    """``fp32`` / ``auto`` / ``gpt=int8,acoustic=bf16`` → a precision (or ``auto``) per stage.
+    """``fp32`` / ``auto`` / ``gpt=int8,acoustic=bf16`` → a precision (or ``auto``) per stage
+    (a stage a per-stage request leaves out runs fp32).
 
     Raises:
         InputError: an unknown stage or precision.
@@ -157,3 +175,33 @@ def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str,
                 stage,
             )
     return chosen
+
+
+def choose_support_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str, str]:
+    """The variant each support graph (HuBERT, BERT, SV) runs for a precision request.
+
+    The support stage follows the request as the voice's stages do, graph by graph: ``auto``
+    takes the first of :func:`auto_order` ``("support")`` the graph holds; a precision (one for
+    all stages, or ``support=...``) runs where the graph holds it and fp32 where it does not.
+    A missing variant is not an error here: one support bundle serves voices exported at other
+    precisions, and some graphs never have some variants (SV has no int8).
+
+    Raises:
+        InputError: a malformed request.
+    """
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    wanted = parse_precision(requested)["support"]
+    order = auto_order("support", backend, cpu_flags()) if wanted == "auto" else (wanted,)
+    chosen = {}
+    for name, spec in bundle.manifest.graphs.items():
+        held = {v.precision for v in spec.variants if v.format == fmt}
+        chosen[name] = next((p for p in order if p in held), "fp32")
+    return chosen
+
+
+def variant_options(backend: str, precision: str, options: RunnerOptions) -> RunnerOptions:
+    """The options a variant compiles with: OpenVINO's ``bf16`` variant is the fp32 IR compiled
+    with a bf16 inference-precision hint; every other variant runs as stored."""
+    if precision == "bf16" and backend == "openvino":
+        return replace(options, precision_hint="bf16")
+    return options

@@ -23,9 +23,11 @@ from gsv_models.support import bert_hidden_states, hubert_features, load_bert, l
 from gsv_models.testing import make_checkpoint
 from gsv_models.testing.support_dirs import make_bert_dir, make_hubert_dir
 from gsv_runtime.audio_features import sv_fbank
+from gsv_runtime.backends import BackendName
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BundleError, CheckpointError, InputError
 from gsv_runtime.support import HUBERT_PAD_SAMPLES, SupportModels
+from gsv_runtime.variants import BF16_FLAGS, cpu_flags
 
 TEXT = "你好，世界！这是…一个测试."
 """Normalised Chinese with full-width and ASCII punctuation and an out-of-vocabulary '…'."""
@@ -76,7 +78,7 @@ def exported(
             sources["sv"],
             work,
             formats=("onnx", "openvino"),
-            precisions=("fp32", "fp16", "int8"),
+            precisions=("fp32", "fp16", "bf16", "int8"),
             modules=modules,
         )
         report = verify_support(work, specs, modules)
@@ -92,7 +94,7 @@ def test_graphs_variants_and_signatures(exported: tuple[Path, dict, dict]) -> No
     held = {
         name: sorted(f"{v.format}/{v.precision}" for v in s.variants) for name, s in specs.items()
     }
-    both = ["onnx/fp16", "onnx/fp32", "openvino/fp16", "openvino/fp32"]
+    both = ["onnx/fp16", "onnx/fp32", "openvino/bf16", "openvino/fp16", "openvino/fp32"]
     assert held == {
         "hubert": sorted([*both, "onnx/int8", "openvino/int8"]),
         "bert": sorted([*both, "onnx/int8", "openvino/int8"]),
@@ -105,6 +107,7 @@ def test_graphs_variants_and_signatures(exported: tuple[Path, dict, dict]) -> No
     assert (root / "onnx" / "bert-int8.onnx").is_file() and (
         root / "openvino" / "hubert-fp16.xml"
     ).is_file()
+    assert specs["bert"].variant("openvino", "bf16").path == "openvino/bert.xml"  # a hint only
     assert extra["info"]["notes"] == ["sv: no int8 variant (convolutional network; kept in float)"]
     bundle = Bundle.load(root, verify_hashes=True)
     assert bundle.manifest.kind == "support"
@@ -116,9 +119,10 @@ def test_graphs_variants_and_signatures(exported: tuple[Path, dict, dict]) -> No
 def test_parity_every_variant(exported: tuple[Path, dict, dict]) -> None:
     report = exported[2]["report"]
     assert not report.failures, [c.line() for c in report.failures]
-    # 2 shapes × (hubert 6 + bert 6 + sv 4 variants)
-    assert len(report.checks) == 2 * (6 + 6 + 4)
-    fp32 = [c for c in report.checks if "fp16" not in c.name and "int8" not in c.name]
+    # 2 shapes × (hubert 7 + bert 7 + sv 5 variants)
+    assert len(report.checks) == 2 * (7 + 7 + 5)
+    fp32 = [c for c in report.checks if "vs fp64" in c.name]
+    assert len(fp32) == 2 * 3 * 2  # 2 shapes × 3 graphs × 2 backends
     assert fp32 and max(c.value for c in fp32) <= 1e-4
 
 
@@ -143,7 +147,7 @@ def test_reference_model_survives_export(modules: SupportModules, exported: tupl
 
 
 def test_export_refuses_unknown_precision(sources: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="fp32, fp16, int8"):
+    with pytest.raises(InputError, match="fp32, fp16, bf16, int8"):
         export_support_graphs(None, None, sources["sv"], tmp_path, precisions=("fp8",))
 
 
@@ -197,10 +201,22 @@ def test_speaker_vector_matches_torch(runtime: SupportModels, modules: SupportMo
     assert _rel(ours, ref) <= 1e-4
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_runtime_lower_precision(exported: tuple[Path, dict, dict], precision: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [("onnxruntime", "fp16"), ("onnxruntime", "int8"), ("openvino", "bf16")],
+)
+def test_runtime_lower_precision(
+    exported: tuple[Path, dict, dict], backend: BackendName, precision: str
+) -> None:
     fp32 = SupportModels.load(exported[0])
-    low = SupportModels.load(exported[0], precision=precision)
+    low = SupportModels.load(exported[0], backend, precision=precision)
+    assert low.precisions == {
+        "hubert": precision,
+        "bert": precision,
+        "sv": "fp32" if precision == "int8" else precision,
+    }
+    if backend == "openvino" and cpu_flags() & BF16_FLAGS:
+        assert low.runner("bert").inference_precision == "bf16"
     a, b = low.bert_features(TEXT, WORD2PH), fp32.bert_features(TEXT, WORD2PH)
     cos = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cos.min() >= 0.99
@@ -209,6 +225,17 @@ def test_runtime_lower_precision(exported: tuple[Path, dict, dict], precision: s
     assert low.speaker_vector(wav).shape == (1280,)
     with pytest.raises(BundleError, match="no onnxruntime int8 variant"):
         SupportModels.load(exported[0], precision={"sv": "int8"}).runner("sv")
+
+
+def test_support_follows_the_runtime_request(exported: tuple[Path, dict, dict]) -> None:
+    """The support stage reads the same request as the voice's stages (``support=`` or all)."""
+    root = exported[0]
+    voice_only = SupportModels.load(root, "openvino", precision="gpt=int8,acoustic=bf16")
+    assert set(voice_only.precisions.values()) == {"fp32"}
+    demanded = SupportModels.load(root, "openvino", precision="gpt=int8,support=bf16")
+    assert set(demanded.precisions.values()) == {"bf16"}
+    auto = SupportModels.load(root, "onnxruntime", precision="auto").precisions
+    assert auto["sv"] == "fp32" and auto["bert"] in ("int8", "fp32")
 
 
 # --- tokenizer alignment ------------------------------------------------------------------------

@@ -10,9 +10,13 @@ from gsv_runtime.variants import auto_order, choose_precisions, parse_precision
 
 
 def test_parse_precision() -> None:
-    assert parse_precision("int8") == {"gpt": "int8", "acoustic": "int8"}
-    assert parse_precision("gpt=int8,acoustic=bf16") == {"gpt": "int8", "acoustic": "bf16"}
-    assert parse_precision("acoustic=bf16") == {"gpt": "fp32", "acoustic": "bf16"}
+    assert parse_precision("int8") == {"gpt": "int8", "acoustic": "int8", "support": "int8"}
+    assert parse_precision("gpt=int8,acoustic=bf16") == {
+        "gpt": "int8",
+        "acoustic": "bf16",
+        "support": "fp32",
+    }
+    assert parse_precision("support=bf16") == {"gpt": "fp32", "acoustic": "fp32", "support": "bf16"}
     for bad in ("fp8", "vocoder=bf16", "gpt=int4"):
         with pytest.raises(InputError):
             parse_precision(bad)
@@ -23,7 +27,11 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("gpt", "openvino", amx) == ("int8", "bf16", "fp32")
     assert auto_order("acoustic", "openvino", amx) == ("bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx2"})) == ("fp32",)
-    assert auto_order("gpt", "onnxruntime", amx) == ("fp32",)
+    assert auto_order("gpt", "onnxruntime", amx) == ("int8", "fp32")
+    assert auto_order("acoustic", "onnxruntime", amx) == ("fp32",)
+    assert auto_order("support", "onnxruntime", amx) == ("int8", "fp32")
+    assert auto_order("support", "openvino", amx) == ("bf16", "fp32")
+    assert auto_order("gpt", "onnxruntime", frozenset({"avx2"})) == ("fp32",)
     graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
     assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
     assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("fp32",)

@@ -10,7 +10,7 @@ so a segment decoded whole, in token-streaming windows, or in any batch sees the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle, GraphSpec
 from gsv_runtime.errors import BundleError
+from gsv_runtime.variants import variant_options
 
 if TYPE_CHECKING:
     from gsv_runtime.voice import Voice
@@ -102,9 +103,7 @@ def compile_graphs(
         BundleError: a graph or variant is missing.
         BackendError: the backend cannot compile a graph.
     """
-    options = options or RunnerOptions()
-    if precision == "bf16" and backend == "openvino":
-        options = replace(options, precision_hint="bf16")
+    options = variant_options(backend, precision, options or RunnerOptions())
     specs = {name: bundle.graph(name) for name in names}
     runners = {
         name: make_runner(bundle.graph_path(name, backend, precision), backend, options)

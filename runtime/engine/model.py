@@ -167,7 +167,7 @@ class VoiceModel:
             raise BundleError(f"{self.bundle.root}: support.path must be relative: {path!r}")
         else:
             root = self.bundle.root / path
-        support = SupportModels.load(root, self.backend, self.options)
+        support = SupportModels.load(root, self.backend, self.options, self.runtime.precision)
         if "bert" in support.bundle.manifest.graphs and support.bert_dim != self.bert_dim:
             raise BundleError(
                 f"{root}: its BERT gives {support.bert_dim}-d features, the voice expects "
