@@ -16,6 +16,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from gsv_export.polyphase import polyphase_upsampling
 from gsv_runtime.bundle import FORMAT_VERSION, GraphFile, GraphSpec, TensorSpec
 from gsv_runtime.errors import GsvError
 
@@ -66,7 +67,8 @@ def export_onnx(
     """Trace ``module(*args)`` to ONNX at ``path`` with the declaration's names and axes.
 
     Weights go to ``<path>.data`` when the graph is large. The graph carries ``gsv.graph`` and
-    ``gsv.format_version`` metadata so a stray file identifies itself.
+    ``gsv.format_version`` metadata so a stray file identifies itself. Transposed convolutions
+    are traced in their polyphase form (:mod:`gsv_export.polyphase`: same map, fast kernels).
 
     Raises:
         ExportError: if tracing or the ONNX checker fails.
@@ -76,7 +78,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".traced.onnx")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), polyphase_upsampling(module):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module.eval(),
