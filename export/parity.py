@@ -42,6 +42,7 @@ class Check:
             "value": float(self.value),
             "limit": float(self.limit),
             "ok": bool(self.ok),
+            "higher_is_better": self.higher_is_better,
         }
 
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
 from gsv_runtime.errors import BundleError
 from gsv_runtime.text.frontend import LANGUAGE_MODULES
-from gsv_runtime.variants import STAGES, auto_explained, choose_precisions, cpu_flags
+from gsv_runtime.variants import (
+    PRECISIONS,
+    STAGES,
+    auto_explained,
+    choose_precisions,
+    cpu_flags,
+)
 
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -134,6 +140,45 @@ def _graph_lines(name: str, spec: GraphSpec) -> Iterator[str]:
     yield f"    out: {_signature(spec.outputs)}"
 
 
+_BACKENDS: Final = ("onnxruntime", "openvino")
+
+
+def _higher_is_better(check: Mapping[str, Any]) -> bool:
+    """Recorded by newer exporters; for older bundles: a passing value lies on
+    the good side of its limit (an exact hit is read as a ceiling, like ``mismatch ≤ 0``)."""
+    if "higher_is_better" in check:
+        return bool(check["higher_is_better"])
+    return (float(check["value"]) > float(check["limit"])) == bool(check["ok"])
+
+
+def _floor_lines(checks: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+    """The exporter's parity checks as a floors table: per graph × backend × precision, each
+    metric's worst measured value against its limit (``graph/backend/precision/.../metric``)."""
+    worst: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for check in checks:
+        parts = str(check["name"]).split("/")
+        at = next((i for i, part in enumerate(parts) if part in _BACKENDS), None)
+        if at is None:
+            continue
+        after = parts[at + 1] if at + 1 < len(parts) else ""
+        precision = after if after in PRECISIONS else "fp32"
+        variant = f"{'/'.join(parts[:at])} {parts[at]} {precision}"
+        metrics = worst.setdefault(variant, {})
+        old = metrics.get(parts[-1])
+        value = float(check["value"])
+        if old is None or (
+            value < float(old["value"]) if _higher_is_better(check) else value > float(old["value"])
+        ):
+            metrics[parts[-1]] = check
+    for variant, metrics in worst.items():
+        cells = [
+            f"{metric} {float(c['value']):.4g} "
+            f"({'≥' if _higher_is_better(c) else '≤'} {float(c['limit']):g})"
+            for metric, c in metrics.items()
+        ]
+        yield f"  {variant}: {', '.join(cells)}"
+
+
 def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
     """The manifest in readable form and which backends/devices here can run the bundle.
 
@@ -162,7 +207,8 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
     checks = m.parity.get("checks", [])
     if checks:
         failed = [c for c in checks if not c.get("ok")]
-        yield f"parity: {len(checks)} checks, {len(failed)} failed"
+        yield f"parity: {len(checks)} checks, {len(failed)} failed; worst per variant:"
+        yield from _floor_lines(checks)
     yield "graphs:"
     for name, spec in m.graphs.items():
         yield from _graph_lines(name, spec)

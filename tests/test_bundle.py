@@ -145,6 +145,36 @@ def test_info_describes_the_bundle(tmp_path: Path) -> None:
     assert "x:float32[batch,4]" in text
 
 
+def test_info_lists_the_worst_parity_check_per_variant(tmp_path: Path) -> None:
+    """The manifest's parity checks read as a floors table (old bundles lack the direction)."""
+    checks = [
+        {"name": "stateful/openvino/int8/top1_agreement", "value": 0.98, "limit": 0.94, "ok": True},
+        {"name": "gqa/onnxruntime/int8/top1_agreement", "value": 0.97, "limit": 0.94, "ok": True},
+        {"name": "gqa/onnxruntime/int8/top1_agreement", "value": 0.96, "limit": 0.94, "ok": True},
+        {"name": "v2/dec/openvino/bf16/b1/log_mel", "value": 0.01, "limit": 0.06, "ok": True},
+        {"name": "v2/dec/openvino/bf16/b2/log_mel", "value": 0.03, "limit": 0.06, "ok": True},
+        {"name": "v2/dec/openvino/bf16/b2/mismatch", "value": 0.0, "limit": 0.0, "ok": True},
+        {
+            "name": "t2s_prefill/onnxruntime/logits",
+            "value": 2e-07,
+            "limit": 1e-4,
+            "ok": True,
+            "higher_is_better": False,
+        },
+    ]
+    out = tmp_path / "b"
+    with staging_dir(out) as work:
+        (work / "onnx").mkdir()
+        (work / "onnx" / "g.onnx").write_bytes(b"graph bytes")
+        write_manifest(work, "voice", {"g": SPEC}, parity={"checks": checks})
+    lines = list(describe_bundle(out))
+    assert "parity: 7 checks, 0 failed; worst per variant:" in lines
+    assert "  stateful openvino int8: top1_agreement 0.98 (≥ 0.94)" in lines
+    assert "  gqa onnxruntime int8: top1_agreement 0.96 (≥ 0.94)" in lines
+    assert "  v2/dec openvino bf16: log_mel 0.03 (≤ 0.06), mismatch 0 (≤ 0)" in lines
+    assert "  t2s_prefill onnxruntime fp32: logits 2e-07 (≤ 0.0001)" in lines
+
+
 def test_graph_io_must_match_the_declaration() -> None:
     from gsv_runtime.bundle import GraphSpec, TensorSpec, check_graph_io
 
