@@ -374,3 +374,29 @@ def save_sovits(
     data = buf.getvalue()
     tag = VERSION_HEADERS.get(cfg.version)
     Path(path).write_bytes(tag + data[2:] if tag else data)
+
+
+def check_weights_fit(
+    where: str | Path, network: str, expected: Mapping[str, Any], state: Mapping[str, Any]
+) -> None:
+    """Every key of ``expected`` present in ``state`` with its shape, and nothing extra (upstream
+    loads strictly too). Called with a network laid out on the ``meta`` device, so a config that
+    declares a huge network fails before anything is allocated.
+
+    Raises:
+        CheckpointError: names the counts and the first few offending keys.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not fit the {network} ({len(missing)} missing, e.g. "
+            f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+        )
+    shaped = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+    if shaped:
+        k = shaped[0]
+        raise CheckpointError(
+            f"{where}: {len(shaped)} weights have the wrong shape, e.g. {k} is "
+            f"{list(state[k].shape)}, expected {list(expected[k].shape)}"
+        )

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gsv_models.checkpoint import Checkpoint, Kind, load_checkpoint
+from gsv_models.checkpoint import Checkpoint, Kind, check_weights_fit, load_checkpoint
 from gsv_models.config import SoVITSConfig, T2SConfig
 from gsv_runtime.errors import CheckpointError
 
@@ -53,21 +53,9 @@ def build_model(ckpt: Checkpoint) -> nn.Module:
         raise
     except Exception as exc:  # a config the network cannot be built from
         raise CheckpointError(f"{ckpt.path}: config does not describe a network ({exc})") from None
-    missing = sorted(set(expected) - set(ckpt.state_dict))
-    unexpected = sorted(set(ckpt.state_dict) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{ckpt.path}: weights do not fit the {ckpt.version.value} {ckpt.kind} network "
-            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
-            f"e.g. {unexpected[:3]})"
-        )
-    shaped = [k for k, v in expected.items() if v.shape != ckpt.state_dict[k].shape]
-    if shaped:
-        k = shaped[0]
-        raise CheckpointError(
-            f"{ckpt.path}: {len(shaped)} weights have the wrong shape, e.g. {k} is "
-            f"{list(ckpt.state_dict[k].shape)}, expected {list(expected[k].shape)}"
-        )
+    check_weights_fit(
+        ckpt.path, f"{ckpt.version.value} {ckpt.kind} network", expected, ckpt.state_dict
+    )
     model = _construct(ckpt)
     model.load_state_dict(ckpt.state_dict, strict=True)
     return model.eval()
