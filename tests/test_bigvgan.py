@@ -109,6 +109,54 @@ def test_resamplers_keep_lengths_and_low_frequencies() -> None:
     assert (down(up(sine)) - sine)[..., 20:-20].abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("frames", [1, 5, 31, 32, 33, 100])
+def test_banded_export_forms_equal_the_resampling_convolutions(frames: int) -> None:
+    up, low = UpSample2(4), DownSample2(4).lowpass
+    gen = torch.Generator().manual_seed(frames)
+    x = torch.randn(2, 4, frames, generator=gen)
+    assert (up.forward_banded(x) - up(x)).abs().max() < 1e-6
+    for n in (2 * frames, 2 * frames + 1):  # the activation feeds even lengths; odd works too
+        y = torch.randn(2, 4, n, generator=gen)
+        ref = low(y)
+        assert low.forward_banded(y).shape == ref.shape
+        assert (low.forward_banded(y) - ref).abs().max() < 1e-6
+
+
+def test_exported_vocoder_uses_the_banded_form_at_any_length(tmp_path: Path) -> None:
+    """ONNX holds MatMuls instead of depthwise (transposed) convolutions, traced at one length
+    and run at others, within fp32 rounding (≥ 100 dB) of the eager model."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = random_bigvgan(tiny_bigvgan_config(), 0)
+    path = tmp_path / "bigvgan.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (probe_mel(100, 16, torch.Generator().manual_seed(0)),),
+            str(path),
+            input_names=["mel"],
+            dynamic_axes={"mel": {0: "batch", 2: "frames"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    graph = onnx.load(str(path)).graph
+    grouped = [
+        n.name
+        for n in graph.node
+        if n.op_type in ("Conv", "ConvTranspose")
+        and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+    assert not grouped
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for frames in (7, 45):
+        mel = probe_mel(100, frames, torch.Generator().manual_seed(frames))
+        with torch.no_grad():
+            ref = model(mel).numpy()
+        (out,) = session.run(None, {"mel": mel.numpy()})
+        assert out.shape == ref.shape == (1, 1, frames * HOP)
+        assert 10 * math.log10((ref**2).sum() / ((out - ref) ** 2).sum()) >= 100.0
+
+
 # --- config --------------------------------------------------------------------------------------
 
 
