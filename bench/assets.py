@@ -31,7 +31,9 @@ DEFAULT_CACHE: Final = Path.home() / ".cache" / "gsv-rt" / "bench"
 VOICE_NAME: Final = "bench"
 REF_SECONDS: Final = 5.0
 REF_PROMPT: Final = ("This is a short reference clip for the benchmark.", "en")
-RANDOM_VERSIONS: Final = ("v1", "v2", "v2Pro", "v2ProPlus")
+RANDOM_VERSIONS: Final = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
+CFM_VERSIONS: Final = ("v3", "v4")
+"""Flow-matching (DiT + vocoder) versions: their GPT is v2's, the SoVITS a CFM, plus a vocoder."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Assets:
     gpt: str | None = None
     """GPT checkpoint for the torch baseline (None: no baseline)."""
     sovits: str | None = None
+    vocoder: str | None = None
+    """v3/v4: upstream's vocoder (BigVGAN folder / ``vocoder.pth``) for the torch baseline."""
     ref_wav: str | None = None
     """Reference clip for the voice-preparation timing."""
     prompt_text: str = ""
@@ -177,27 +181,52 @@ def _random_support(cache: Path, with_bert: bool, progress: Progress) -> Path:
     return out
 
 
-def _random_voice(
-    cache: Path, version: str, precisions: Sequence[str], support: Path, progress: Progress
-) -> tuple[Path, Path, Path]:
-    from gsv_export import export_bundle
-    from gsv_models.testing import make_voice_checkpoints
+def _random_checkpoints(version: str, ckpt: Path) -> tuple[Path, Path, Path | None]:
+    """Full-size random GPT + SoVITS (+ the vocoder of v3/v4) in upstream's formats, once."""
+    from gsv_models.testing import make_checkpoint, make_voice_checkpoints
     from gsv_models.version import ModelVersion
 
-    ckpt = cache / version / "checkpoints"
     gpt, sovits = ckpt / "gpt.ckpt", ckpt / "sovits.pth"
+    if version not in CFM_VERSIONS:
+        if not (gpt.is_file() and sovits.is_file()):
+            make_voice_checkpoints(ModelVersion.parse(version), ckpt, size="full", seed=0)
+        return gpt, sovits, None
+    from gsv_models.testing.bigvgan_init import make_bigvgan_dir
+    from gsv_models.testing.cfm_init import make_v3_checkpoint, make_v4_vocoder
+
+    v3 = version == "v3"
+    vocoder = ckpt / ("bigvgan" if v3 else "vocoder.pth")
+    if not gpt.is_file():  # v3/v4 voices use v2's GPT
+        make_checkpoint("v2", "gpt", gpt, size="full", seed=0)
+    if not sovits.is_file():
+        make_v3_checkpoint(version, sovits, size="full", seed=1)
+    if not (vocoder / "config.json" if v3 else vocoder).is_file():
+        if v3:
+            make_bigvgan_dir(vocoder, size="full", seed=2)
+        else:
+            make_v4_vocoder(vocoder, size="full", seed=2)
+    return gpt, sovits, vocoder
+
+
+def _random_voice(
+    cache: Path, version: str, precisions: Sequence[str], support: Path, progress: Progress
+) -> tuple[Path, Path, Path, Path | None]:
+    from gsv_export import export_bundle
+
+    ckpt = cache / version / "checkpoints"
     voice = cache / version / "voice"
     have = _variants(voice)
     wanted = set(precisions) | {"fp32"}
     if "auto" in wanted:  # what auto may pick on any CPU
         wanted = (wanted - {"auto"}) | {"bf16", "int8"}
     if wanted <= have:
-        return voice, gpt, sovits
+        gpt, sovits = ckpt / "gpt.ckpt", ckpt / "sovits.pth"
+        vocoder = {"v3": ckpt / "bigvgan", "v4": ckpt / "vocoder.pth"}.get(version)
+        return voice, gpt, sovits, vocoder
     log = cache / "export.log"
     precs = sorted(wanted | have, key=["fp32", "fp16", "bf16", "int8"].index)
     with _timed(progress, f"exporting random full-size {version} voice ({', '.join(precs)})", log):
-        if not (gpt.is_file() and sovits.is_file()):
-            make_voice_checkpoints(ModelVersion.parse(version), ckpt, size="full", seed=0)
+        gpt, sovits, vocoder = _random_checkpoints(version, ckpt)
         export_bundle(
             gpt,
             sovits,
@@ -206,9 +235,11 @@ def _random_voice(
             precisions=precs,
             verify=False,
             support=str(support),
+            voices="drop",
+            vocoder=vocoder,
             progress=_LOGGER.info,
         )
-    return voice, gpt, sovits
+    return voice, gpt, sovits, vocoder
 
 
 def prepare_voice(assets: Assets, progress: Progress) -> None:
@@ -248,7 +279,7 @@ def random_assets(
         raise InputError(f"unknown version {version!r}; accepted: {', '.join(RANDOM_VERSIONS)}")
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     support = _random_support(cache, with_bert, progress)
-    voice_dir, gpt, sovits = _random_voice(cache, version, precisions, support, progress)
+    voice_dir, gpt, sovits, vocoder = _random_voice(cache, version, precisions, support, progress)
     ref = synthetic_reference(cache / "reference.wav")
     assets = Assets(
         voice_dir=str(voice_dir),
@@ -257,6 +288,7 @@ def random_assets(
         support_dir=str(support),
         gpt=str(gpt),
         sovits=str(sovits),
+        vocoder=str(vocoder) if vocoder else None,
         ref_wav=str(ref),
         prompt_text=REF_PROMPT[0],
         prompt_lang=REF_PROMPT[1],
@@ -276,6 +308,7 @@ def bundle_assets(
     support: str | Path | None = None,
     gpt: str | Path | None = None,
     sovits: str | Path | None = None,
+    vocoder: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: Progress = _LOGGER.info,
 ) -> Assets:
@@ -305,6 +338,7 @@ def bundle_assets(
         support_dir=str(support) if support else None,
         gpt=str(gpt) if gpt else None,
         sovits=str(sovits) if sovits else None,
+        vocoder=str(vocoder) if vocoder else None,
         ref_wav=str(ref_wav) if ref_wav else None,
         prompt_text=prompt_text,
         prompt_lang=prompt_lang,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gsv_bench.engines import STAGES
+from gsv_bench.engines import CFM_STAGES, STAGES
 from gsv_bench.report import config_label, machine_label, ok
 
 _COLORS = {
@@ -16,6 +16,9 @@ _COLORS = {
     "gpt_steps": "#e15759",
     "gpt_host": "#ff9d9a",
     "sovits": "#4e79a7",
+    "cfm_encoder": "#76b7b2",
+    "cfm_dit": "#59a14f",
+    "cfm_vocoder": "#edc948",
 }
 _SHORT = {"torch": "torch", "onnxruntime": "ORT", "openvino": "OV"}
 _ENGINE_COLORS = {"torch": "#bab0ac", "onnxruntime": "#4e79a7", "openvino": "#59a14f"}
@@ -58,6 +61,8 @@ def stages_chart(records: Sequence[dict[str, Any]], path: Path, several: bool) -
     left = [0.0] * len(records)
     for stage in STAGES:
         vals = [(r["metrics"]["stages_per_audio_s"].get(stage) or 0.0) * 1e3 for r in records]
+        if stage in CFM_STAGES and not any(vals):
+            continue  # v1/v2 records: no CFM parts
         ax.barh(labels, vals, left=left, color=_COLORS[stage], label=stage)
         left = [a + b for a, b in zip(left, vals, strict=True)]
     ax.axvline(1000, color="black", lw=0.8, ls="--", label="real time (one stream)")

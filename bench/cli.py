@@ -28,7 +28,15 @@ from gsv_bench.scenarios import (
 )
 from gsv_runtime.errors import InputError
 
-SWEEP_OPTIONS = ("engines", "devices", "precisions", "threads", "batch", "concurrency")
+SWEEP_OPTIONS = (
+    "engines",
+    "devices",
+    "precisions",
+    "threads",
+    "batch",
+    "concurrency",
+    "sample_steps",
+)
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -69,6 +77,7 @@ def _points(opts: dict[str, Any]) -> tuple[list[BenchPoint], Settings]:
             threads=_ints(opts["threads"], "threads") or (0,),
             batches=_ints(opts["batch"], "batch") or (1,),
             concurrency=_ints(opts["concurrency"], "concurrency") or (1,),
+            sample_steps=_ints(opts.get("sample_steps"), "sample-steps") or (None,),
         )
         points = expand(resolve_threads([sweep], cores))
     return points, settings
@@ -113,6 +122,7 @@ def _assets(opts: dict[str, Any], points: list[BenchPoint], settings: Settings) 
         support=opts["support"],
         gpt=opts["gpt"],
         sovits=opts["sovits"],
+        vocoder=opts.get("vocoder"),
         cache_dir=opts["cache_dir"],
         progress=echo,
     )

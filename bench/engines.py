@@ -7,7 +7,12 @@ Both expose the same three calls, ``load()``, ``stream(item, batch)`` and
 ``bert``      BERT features of Chinese text (support bundle)
 ``gpt_prefill`` / ``gpt_steps``  the GPT graphs (each step also recorded on its own)
 ``gpt_host``  the rest of the GPT stage: sampling, stop rules, batching on the host
-``sovits``    SoVITS decoding to a waveform
+``sovits``    SoVITS decoding to a waveform (v3/v4: the acoustic stage's rest — prompt
+              handling, chunking, host Euler updates — beside the three stages below)
+``cfm_encoder`` v3/v4: the content encoder (codes + phones → mel-rate features)
+``cfm_dit``   v3/v4: the DiT, text embedding plus every Euler step (each step also recorded
+              on its own with its rows and mel frames)
+``cfm_vocoder`` v3/v4: BigVGAN (v3) / the 48 kHz vocoder (v4)
 ``hubert`` / ``sv`` / ``ref_codes`` / ``ref_encoder``  voice preparation (timed separately)
 
 The runtime engine drives the public ``Synthesizer.stream`` and wraps the graphs it calls with
@@ -33,8 +38,20 @@ from gsv_runtime.config import SynthesisConfig
 from gsv_runtime.errors import BackendError
 from gsv_runtime.voice import Voice
 
-STAGES: Final = ("frontend", "bert", "gpt_prefill", "gpt_steps", "gpt_host", "sovits")
+STAGES: Final = (
+    "frontend",
+    "bert",
+    "gpt_prefill",
+    "gpt_steps",
+    "gpt_host",
+    "sovits",
+    "cfm_encoder",
+    "cfm_dit",
+    "cfm_vocoder",
+)
 """Per-request stages in pipeline order (the stacked bars)."""
+CFM_STAGES: Final = ("cfm_encoder", "cfm_dit", "cfm_vocoder")
+"""The parts of a v3/v4 voice's acoustic stage timed on their own (zero for v1/v2)."""
 REFERENCE_STAGES: Final = ("hubert", "sv", "ref_codes", "ref_encoder", "bert")
 
 VALUE_BYTES: Final[dict[tuple[str, str], tuple[float, float]]] = {
@@ -98,8 +115,11 @@ def gpu_unavailable(engine: str) -> str | None:
     return None
 
 
-def _request_config(settings: Settings, item: TextItem, batch: int) -> SynthesisConfig:
+def _request_config(
+    settings: Settings, item: TextItem, batch: int, sample_steps: int | None = None
+) -> SynthesisConfig:
     return SynthesisConfig.from_options(
+        sample_steps=sample_steps,
         seed=settings.seed,
         fixed_length=settings.fixed_length,
         text_split_method=item.split,
@@ -169,6 +189,38 @@ def _time_support(support: Any, clock: StageClock) -> None:
         setattr(support, method, clock.wrap(getattr(support, method), stage))
 
 
+def _cfm_steps(acoustic: Any, steps: int | None) -> dict[str, int]:
+    """``{"sample_steps": n}`` a CFM stage runs with (empty for v1/v2)."""
+    sampler = getattr(acoustic, "default_sampler", None)
+    return {"sample_steps": steps or sampler().steps} if sampler is not None else {}
+
+
+def _time_cfm(acoustic: Any, clock: StageClock) -> None:
+    """Time a CFM stage's graphs (no-op for v1/v2): encoder, DiT (embedding + each step with its
+    rows and frames) and vocoder."""
+    runners = getattr(acoustic, "runners", None)
+    if not isinstance(runners, dict) or "cfm_step" not in runners:
+        return
+    for graph, stage in (
+        ("cfm_encoder", "cfm_encoder"),
+        ("cfm_embed", "cfm_dit"),
+        ("cfm_vocoder", "cfm_vocoder"),
+    ):
+        if graph in runners:
+            runners[graph].run = clock.wrap(runners[graph].run, stage)
+    step = runners["cfm_step"]
+    run = step.run
+
+    def timed_step(feeds: dict[str, np.ndarray]) -> Any:
+        t0 = time.perf_counter()
+        out = run(feeds)
+        x = feeds["x"]
+        clock.dit_step(time.perf_counter() - t0, int(x.shape[0]), int(x.shape[-1]))
+        return out
+
+    step.run = timed_step
+
+
 class RuntimeEngine:
     """The gsv runtime on one backend, device, precision and thread count."""
 
@@ -204,6 +256,7 @@ class RuntimeEngine:
         synth.model.t2s = _TimedDecoder(synth.t2s, self.clock)
         if needs_bert or needs_reference:
             _time_support(synth.support, self.clock)
+        _time_cfm(synth.sovits, self.clock)
         synth.sovits.prompt_codes = self.clock.wrap(synth.sovits.prompt_codes, "ref_codes")
         synth.sovits.reference = self.clock.wrap(synth.sovits.reference, "ref_encoder")
         self.synth = synth
@@ -218,11 +271,12 @@ class RuntimeEngine:
             "t2s_precision": self.synth.t2s.precision,
             "stage_precisions": dict(self.synth.model.precisions),
             "device": runtime_device(self.point.engine, self.point.device),
+            **_cfm_steps(self.synth.sovits, self.point.sample_steps),
         }
 
     def stream(self, item: TextItem, batch: int) -> Iterator[Chunk]:
         """Synthesize one request through ``Synthesizer.stream``; yields per segment."""
-        config = _request_config(self.settings, item, batch)
+        config = _request_config(self.settings, item, batch, self.point.sample_steps)
         report: dict[str, Any] = {}
         chunks = self.synth.stream(
             item.text, item.lang, self.voice, report=report, **_options(config)
@@ -249,6 +303,7 @@ def _options(config: SynthesisConfig) -> dict[str, Any]:
         "text_split_method": config.text_split_method,
         "batch_size": config.batch_size,
         "fragment_interval": config.fragment_interval,
+        "sample_steps": config.sample_steps,
     }
 
 
@@ -268,6 +323,9 @@ class TorchEngine:
         self.symbols_version = str(self.manifest.text.get("symbols_version", "v2"))
         self.support: Any = None
         self.device = runtime_device("torch", point.device)
+        self.sample_steps: int | None = None
+        self.cfm: Any = None
+        """v3/v4: the acoustic stage in torch (:class:`gsv_bench.torch_cfm.TorchCfm`)."""
 
     def load(self, needs_bert: bool, needs_reference: bool) -> float:
         """Load both checkpoints onto the device (and BERT if needed); seconds."""
@@ -282,6 +340,12 @@ class TorchEngine:
         _, self.sovits = load_model(self.assets.sovits, "sovits")
         self.gpt.to(self.device)
         self.sovits.to(self.device)
+        if self.manifest.audio.get("family") == "cfm":
+            from gsv_bench.torch_cfm import TorchCfm
+
+            self.cfm = TorchCfm.load(
+                self.sovits, self.assets.vocoder, self.manifest.audio, self.clock, self.device
+            )
         if needs_bert:
             from gsv_runtime.backends import RunnerOptions
             from gsv_runtime.support import SupportModels
@@ -293,6 +357,7 @@ class TorchEngine:
         seconds = time.perf_counter() - t0
         self._time_gpt()
         voice = Voice.load(self.assets.voice_root, self.assets.voice_name)
+        self.saved_voice = voice
         self.voice = {
             "phones": torch.from_numpy(voice.prompt_phones).to(self.device),
             "bert": torch.from_numpy(voice.prompt_bert).to(self.device),
@@ -332,7 +397,10 @@ class TorchEngine:
         """What actually ran."""
         import torch
 
-        return {"t2s_design": "torch-eager", "t2s_precision": "fp32", "torch": torch.__version__}
+        out = {"t2s_design": "torch-eager", "t2s_precision": "fp32", "torch": torch.__version__}
+        if self.cfm is not None:
+            out["sample_steps"] = self.point.sample_steps or self.cfm.params.steps
+        return out
 
     def _segments(self, item: TextItem, config: SynthesisConfig) -> list[tuple[Any, Any]]:
         from gsv_runtime.text import phonemize
@@ -352,7 +420,8 @@ class TorchEngine:
 
     def stream(self, item: TextItem, batch: int) -> Iterator[Chunk]:
         """Same request as the runtime engine, with GPT and SoVITS in PyTorch eager."""
-        config = _request_config(self.settings, item, batch)
+        config = _request_config(self.settings, item, batch, self.point.sample_steps)
+        self.sample_steps = config.sample_steps
         t0 = time.perf_counter()
         segments = self._segments(item, config)
         self.clock.add("frontend_total", time.perf_counter() - t0)
@@ -396,6 +465,15 @@ class TorchEngine:
         keep = [i for i, t in enumerate(tokens) if len(t)]
         samples = [0] * len(tokens)
         if not keep:
+            return samples
+        if self.cfm is not None:  # v3/v4: segment by segment, as the runtime's stage does
+            from gsv_runtime.acoustic import NoiseSource
+
+            steps = self.sample_steps or self.cfm.params.steps
+            for i in keep:
+                noise = NoiseSource((self.settings.seed, start + i))
+                codes = tokens[i].cpu().numpy()
+                samples[i] = self.cfm.synthesize(codes, rows[i][0], self.saved_voice, noise, steps)
             return samples
         codes = torch.nn.utils.rnn.pad_sequence([tokens[i] for i in keep], batch_first=True)
         phones = torch.nn.utils.rnn.pad_sequence(

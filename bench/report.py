@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gsv_bench.engines import STAGES
+from gsv_bench.engines import CFM_STAGES, STAGES
 from gsv_runtime.errors import InputError
 
 BASELINE = "torch"
@@ -82,7 +82,15 @@ def workload_key(record: dict[str, Any]) -> tuple[Any, ...]:
 def _key(record: dict[str, Any], **override: Any) -> tuple[Any, ...]:
     p = {**record["point"], **override}
     m = record.get("machine", {}).get("machine_id")
-    return (m, p["device"], p["threads"], p["batch"], p["concurrency"], workload_key(record))
+    return (
+        m,
+        p["device"],
+        p["threads"],
+        p["batch"],
+        p["concurrency"],
+        p.get("sample_steps"),
+        workload_key(record),
+    )
 
 
 def attach_speedups(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,6 +146,8 @@ def config_label(r: dict[str, Any], with_machine: bool = False) -> str:
         f"{p['engine']}/{p['device']}/{p['precision']} t{p['threads']} b{p['batch']} "
         f"c{p['concurrency']}"
     )
+    if p.get("sample_steps") is not None:
+        label += f" s{p['sample_steps']}"
     return f"{machine_label(r)}: {label}" if with_machine else label
 
 
@@ -192,18 +202,46 @@ def _main_table(records: Sequence[dict[str, Any]], with_machine: bool) -> list[s
 
 
 def _stage_table(records: Sequence[dict[str, Any]], with_machine: bool) -> list[str]:
+    cfm = any(r["metrics"].get("cfm") for r in records)
+    stages = [s for s in STAGES if cfm or s not in CFM_STAGES]
     lines = [
-        "| configuration | " + " | ".join(STAGES) + " | GPT prefill ms (mean) | reference s |",
-        "|---|" + "---|" * (len(STAGES) + 2),
+        "| configuration | " + " | ".join(stages) + " | GPT prefill ms (mean) | reference s |",
+        "|---|" + "---|" * (len(stages) + 2),
     ]
     for r in records:
         m = r["metrics"]
         per = m.get("stages_per_audio_s", {})
         ref = m.get("reference") or {}
-        cells = [_ms_cell(per.get(s)) for s in STAGES]
+        cells = [_ms_cell(per.get(s)) for s in stages]
         lines.append(
             f"| {config_label(r, with_machine)} | " + " | ".join(cells) + f" | "
             f"{_f(m.get('gpt_prefill_ms_mean'), 1)} | {_f(ref.get('total_s'))} |"
+        )
+    return lines
+
+
+def _cfm_table(records: Sequence[dict[str, Any]], with_machine: bool) -> list[str]:
+    """v3/v4: the acoustic stage's parts per configuration, decode length and step count."""
+    lines = [
+        "| configuration | tokens | steps | RTF | vs torch | encoder s | DiT ms/step | "
+        "DiT frames × rows | DiT ms per frame-step | DiT s | vocoder s | vocoder ms per audio s |"
+        " audio s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        c = r["metrics"].get("cfm")
+        if not c:
+            continue
+        m = r["metrics"]
+        steps = r.get("effective", {}).get("sample_steps", r["point"].get("sample_steps"))
+        dit_s = m["stages_s"].get("cfm_dit", {}).get("median")
+        lines.append(
+            f"| {config_label(r, with_machine)} | {r.get('settings', {}).get('fixed_length')} | "
+            f"{steps} | {_rtf_cell(m)} | {_speedup_cell(r)} | {_f(c.get('encoder_s'), 3)} | "
+            f"{_f(c['dit_step_ms'].get('median'), 0)} | {_f(c.get('dit_frames_mean'), 0)} × "
+            f"{_f(c.get('dit_rows_mean'), 0)} | {_f(c.get('dit_ms_per_frame'), 2)} | "
+            f"{_f(dit_s)} | {_f(c.get('vocoder_s'))} | "
+            f"{_f(c.get('vocoder_ms_per_audio_s'), 0)} | {_f(m['audio_s'].get('median'))} |"
         )
     return lines
 
@@ -300,6 +338,18 @@ def markdown(records: Sequence[dict[str, Any]], charts: Sequence[str] = ()) -> s
         "*reference* = one voice preparation (HuBERT, SV, encoders), not part of a request.",
         "",
     ]
+    if any(r["metrics"].get("cfm") for r in measured):
+        out += [
+            "## v3/v4: encoder, DiT, vocoder",
+            "",
+            *_cfm_table(measured, several),
+            "",
+            "Medians over passes: *DiT ms/step* per velocity call over *frames* mel frames "
+            "(prompt + target, one chunk) and *rows* (2 with guidance); *DiT s* = all steps "
+            "plus the text embedding per pass; *vocoder ms per audio s* = vocoder time ÷ audio "
+            "seconds; *tokens* = decode length per sentence (25 tokens ≈ 1 s of audio).",
+            "",
+        ]
     other = [r for r in records if r.get("status") != "ok"]
     if other:
         out += ["## Not measured", ""]

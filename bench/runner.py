@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gsv_bench.assets import Assets
-from gsv_bench.engines import STAGES, gpu_unavailable, make_engine, value_bytes
+from gsv_bench.engines import CFM_STAGES, STAGES, gpu_unavailable, make_engine, value_bytes
 from gsv_bench.scenarios import BenchPoint, Settings, TextItem, supported
 from gsv_bench.sysinfo import GpuMemorySampler, gpt_step_bytes, peak_rss_mb, reset_peak_rss
 from gsv_bench.timers import StageClock, summarize
@@ -47,6 +47,7 @@ def units(settings: Settings) -> int:
 def _request(engine: Any, item: TextItem, batch: int) -> dict[str, Any]:
     """One request: TTFA, latency, audio and tokens, and its stage seconds."""
     engine.clock.take()
+    engine.clock.take_dit()
     t0 = time.perf_counter()
     ttfa = None
     samples = tokens = segments = 0
@@ -58,7 +59,9 @@ def _request(engine: Any, item: TextItem, batch: int) -> dict[str, Any]:
         segments += 1
     elapsed = time.perf_counter() - t0
     seconds, calls, steps = engine.clock.take()
+    dit = engine.clock.take_dit()
     bert = seconds.get("bert", 0.0)
+    cfm = {s: seconds.get(s, 0.0) for s in CFM_STAGES}
     gpt_graphs = seconds.get("gpt_prefill", 0.0) + seconds.get("gpt_steps", 0.0)
     stages = {
         "frontend": seconds.get("frontend_total", 0.0) - bert,
@@ -66,7 +69,9 @@ def _request(engine: Any, item: TextItem, batch: int) -> dict[str, Any]:
         "gpt_prefill": seconds.get("gpt_prefill", 0.0),
         "gpt_steps": seconds.get("gpt_steps", 0.0),
         "gpt_host": max(0.0, seconds.get("gpt_total", 0.0) - gpt_graphs),
-        "sovits": seconds.get("sovits", 0.0),
+        # v3/v4: the acoustic stage's rest beside its three timed parts
+        "sovits": max(0.0, seconds.get("sovits", 0.0) - sum(cfm.values())),
+        **cfm,
     }
     return {
         "lang": item.lang,
@@ -77,6 +82,7 @@ def _request(engine: Any, item: TextItem, batch: int) -> dict[str, Any]:
         "segments": segments,
         "stages": stages,
         "steps": [(s.seconds, s.batch, s.context) for s in steps],
+        "dit_steps": [(s.seconds, s.batch, s.context) for s in dit],
         "prefills": seconds.get("gpt_prefill", 0.0),
         "prefill_calls": calls.get("gpt_prefill", 0),
     }
@@ -164,6 +170,9 @@ def aggregate(
         "tokens_per_s": tokens / gpt_time if gpt_time > 0 else None,
         "segments_per_request": summarize([r["segments"] for r in requests])["median"],
     }
+    dit = [s for r in requests for s in r.get("dit_steps", ())]
+    if dit:
+        metrics["cfm"] = cfm_metrics(dit, stage_sums, audio, len(passes))
     if steps and t2s:
         w_bytes, kv_bytes = value_bytes(point.engine, gpt_precision or point.precision)
         batch = sum(s[1] for s in steps) / len(steps)
@@ -182,6 +191,35 @@ def aggregate(
             "achieved_fraction": bound_ms / p50 if bound_ms and p50 else None,
         }
     return metrics
+
+
+def cfm_metrics(
+    dit: Sequence[Sequence[float]],
+    stage_sums: dict[str, list[float]],
+    audio: Sequence[float],
+    passes: int,
+) -> dict[str, Any]:
+    """v3/v4 figures: DiT ms per step with its rows and frames, steps per pass, encoder and
+    vocoder seconds per pass and the vocoder's ms per audio second (medians over passes)."""
+    step_ms = [s[0] * 1e3 for s in dit]
+    frames = [s[2] for s in dit]
+
+    def per_audio(stage: str) -> float | None:
+        values = [x / a for x, a in zip(stage_sums[stage], audio, strict=True) if a > 0]
+        return 1e3 * summarize(values)["median"] if values else None
+
+    return {
+        "dit_step_ms": summarize(step_ms),
+        "dit_frames_mean": sum(frames) / len(frames),
+        "dit_frames_max": max(frames),
+        "dit_rows_mean": sum(s[1] for s in dit) / len(dit),
+        "dit_steps_per_pass": len(dit) / max(1, passes),
+        "dit_ms_per_frame": sum(step_ms) / sum(frames) if sum(frames) else None,
+        "encoder_s": summarize(stage_sums["cfm_encoder"])["median"],
+        "vocoder_s": summarize(stage_sums["cfm_vocoder"])["median"],
+        "vocoder_ms_per_audio_s": per_audio("cfm_vocoder"),
+        "dit_ms_per_audio_s": per_audio("cfm_dit"),
+    }
 
 
 def _not_installed(engine: str) -> str | None:

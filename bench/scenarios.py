@@ -109,6 +109,8 @@ class BenchPoint:
     """GPT rows decoded together (SynthesisConfig.batch_size: sentences of one request)."""
     concurrency: int = 1
     """Requests in flight, one engine instance per worker thread."""
+    sample_steps: int | None = None
+    """v3/v4 (CFM) voices: Euler steps of the DiT per chunk (None: the bundle's default)."""
 
     @property
     def threads_per_worker(self) -> int:
@@ -118,9 +120,10 @@ class BenchPoint:
     @property
     def name(self) -> str:
         """Short readable label, e.g. ``onnxruntime/cpu/fp32 t2 b1 c1``."""
+        steps = "" if self.sample_steps is None else f" s{self.sample_steps}"
         return (
             f"{self.engine}/{self.device}/{self.precision} "
-            f"t{self.threads} b{self.batch} c{self.concurrency}"
+            f"t{self.threads} b{self.batch} c{self.concurrency}{steps}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +139,7 @@ class BenchPoint:
             ("threads", self.threads >= 1, ">= 1"),
             ("batch", self.batch >= 1, ">= 1"),
             ("concurrency", self.concurrency >= 1, ">= 1"),
+            ("sample_steps", self.sample_steps is None or self.sample_steps >= 1, ">= 1"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -162,6 +166,8 @@ class Sweep:
     threads: tuple[int, ...] = (2,)
     batches: tuple[int, ...] = (1,)
     concurrency: tuple[int, ...] = (1,)
+    sample_steps: tuple[int | None, ...] = (None,)
+    """CFM voices' DiT steps (None: the bundle's default); ignored by v1/v2 voices."""
 
     def points(self) -> list[BenchPoint]:
         """Every supported combination, in a stable order."""
@@ -171,11 +177,12 @@ class Sweep:
             self.batches,
             self.concurrency,
             self.threads,
+            self.sample_steps,
             self.precisions,
             self.engines,
         ):
-            device, batch, conc, threads, precision, engine = combo
-            point = BenchPoint(engine, device, precision, threads, batch, conc)
+            device, batch, conc, threads, steps, precision, engine = combo
+            point = BenchPoint(engine, device, precision, threads, batch, conc, steps)
             point.validate()
             if supported(point) is None:
                 out.append(point)

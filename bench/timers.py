@@ -65,6 +65,8 @@ class StageClock:
     seconds: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
+    dit: list[StepRecord] = field(default_factory=list)
+    """CFM voices: every DiT velocity call (``batch`` = rows, ``context`` = mel frames)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, stage: str, seconds: float) -> None:
@@ -78,6 +80,18 @@ class StageClock:
         self.add("gpt_steps", seconds)
         with self._lock:
             self.steps.append(StepRecord(seconds, batch, context))
+
+    def dit_step(self, seconds: float, rows: int, frames: int) -> None:
+        """Record one DiT velocity call of a CFM voice (also counted in ``cfm_dit``)."""
+        self.add("cfm_dit", seconds)
+        with self._lock:
+            self.dit.append(StepRecord(seconds, rows, frames))
+
+    def take_dit(self) -> list[StepRecord]:
+        """The DiT calls recorded since the last call, then reset (:meth:`take` keeps them)."""
+        with self._lock:
+            out, self.dit = self.dit, []
+        return out
 
     def wrap(self, fn: F, stage: str) -> F:
         """``fn`` with every call timed into ``stage``."""
