@@ -47,6 +47,19 @@ def _choices(values: Sequence[str], accepted: Sequence[str], what: str) -> tuple
     return chosen
 
 
+def _report(report: ParityReport, progress: Progress) -> None:
+    """The parity checks as one line per graph variant (worst value per metric), then every
+    failed check in full."""
+    from gsv_runtime.info import parity_table
+
+    failed = report.failures
+    progress(f"parity: {len(report.checks)} checks, {len(failed)} failed; worst per variant:")
+    for line in parity_table([c.to_dict() for c in report.checks]):
+        progress(line)
+    for check in failed:
+        progress("  " + check.line())
+
+
 @contextmanager
 def _stage(progress: Progress, label: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -256,8 +269,7 @@ def export_bundle(
             with _stage(progress, "checking parity against PyTorch"):
                 report.extend(verify_gpt(work, graphs, gpt_model))
                 report.extend(acoustic.verify(work, graphs))
-            for check in report.checks:
-                progress("  " + check.line())
+            _report(report, progress)
             report.raise_if_failed()
         if support is not None:
             support = os.path.relpath(Path(support).resolve(), out_path.resolve())
@@ -311,8 +323,7 @@ def export_support_bundle(
         if verify:
             with _stage(progress, "checking parity against PyTorch"):
                 report.extend(verify_support(work, graphs, modules))
-            for check in report.checks:
-                progress("  " + check.line())
+            _report(report, progress)
             report.raise_if_failed()
         manifest = write_manifest(
             work,

@@ -151,7 +151,7 @@ def _higher_is_better(check: Mapping[str, Any]) -> bool:
     return (float(check["value"]) > float(check["limit"])) == bool(check["ok"])
 
 
-def _floor_lines(checks: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+def parity_table(checks: Sequence[Mapping[str, Any]]) -> Iterator[str]:
     """The exporter's parity checks as a floors table: per graph × backend × precision, each
     metric's worst measured value against its limit (``graph/backend/precision/.../metric``)."""
     worst: dict[str, dict[str, Mapping[str, Any]]] = {}
@@ -208,7 +208,7 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
     if checks:
         failed = [c for c in checks if not c.get("ok")]
         yield f"parity: {len(checks)} checks, {len(failed)} failed; worst per variant:"
-        yield from _floor_lines(checks)
+        yield from parity_table(checks)
     yield "graphs:"
     for name, spec in m.graphs.items():
         yield from _graph_lines(name, spec)

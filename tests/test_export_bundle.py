@@ -85,6 +85,10 @@ def test_cli_export_verifies_and_reports(tiny_voice, tmp_path: Path) -> None:
     assert "checking parity against PyTorch" in result.output and "FAIL" not in result.output
     checks = Bundle.load(out).manifest.parity["checks"]
     assert checks and all(c["ok"] for c in checks)
+    # one line per graph variant, not one per check
+    assert f"parity: {len(checks)} checks, 0 failed; worst per variant:" in result.output
+    assert "  v1/sovits_decoder onnxruntime fp32: wav_lengths_mismatch 0 (≤ 0)" in result.output
+    assert result.output.count("\n") < len(checks)
     bad = CliRunner().invoke(
         main,
         [
