@@ -3,9 +3,11 @@
 On-disk format of upstream ``GPT_SoVITS/process_ckpt.py::savee``: a dict ``weight`` (fp16),
 ``config`` (the s2 hyperparameters, pickled as ``utils.HParams``), ``info`` and, for LoRA files,
 ``lora_rank``. Full files (``s2_train_v3.py``, the pretrained ``s2Gv3.pth``/``s2Gv4.pth``) keep
-torch's ``PK`` header; LoRA files replace it with ``03`` (v3) or ``04`` (v4). v3 and v4 weights
-have the same shapes, so the version comes from the header tag, else the md5 upstream knows for
-its pretrained files, else the config's ``model.version``, else v3 (upstream's fallback).
+torch's ``PK`` header; LoRA files replace it with ``03`` (v3) or ``04`` (v4); full v5 files
+(upstream's later ``my_save2``) with ``07`` (v5dev) or ``08`` (v5turbo). v3 and v4 weights have
+the same shapes, so the version comes from the header tag, else the md5 upstream knows for its
+pretrained files, else the config's ``model.version``, else a DiT without the step embedding
+means v5dev and anything else v3 (upstream's fallbacks).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from gsv_models.version import (
     HEADER_VERSIONS,
     LORA_HEADERS,
     PRETRAINED_SOVITS_MD5,
+    VERSION_HEADERS,
     ModelVersion,
 )
 from gsv_runtime.bundle import sha256_file
@@ -51,6 +54,7 @@ from gsv_runtime.errors import CheckpointError
 MD5_PREFIX_BYTES: Final = 8192
 _DIT: Final = "cfm.estimator."
 _INV_FREQ: Final = _DIT + "rotary_embed.inv_freq"
+_STEP_EMBED: Final = _DIT + "d_embed.time_mlp.0.weight"
 _LORA_TAGS: Final[dict[ModelVersion, bytes]] = {ModelVersion.V3: b"03", ModelVersion.V4: b"04"}
 _BASE_FILES: Final[dict[ModelVersion, str]] = {
     ModelVersion.V3: "GPT_SoVITS/pretrained_models/s2Gv3.pth",
@@ -63,7 +67,9 @@ def is_cfm_state(state: Mapping[str, Any]) -> bool:
     return any(k.startswith("cfm.") for k in state)
 
 
-def _version(path: Path, header: bytes, raw: Mapping[str, Any]) -> ModelVersion:
+def _version(
+    path: Path, header: bytes, raw: Mapping[str, Any], state: Mapping[str, Any]
+) -> ModelVersion:
     tagged = HEADER_VERSIONS.get(header)
     declared = raw.get("model", {}).get("version") if isinstance(raw, Mapping) else None
     if tagged is not None:
@@ -84,7 +90,7 @@ def _version(path: Path, header: bytes, raw: Mapping[str, Any]) -> ModelVersion:
         return known
     if declared in FEATURE_UPSAMPLE:
         return ModelVersion(declared)
-    return ModelVersion.V3
+    return ModelVersion.V3 if _STEP_EMBED in state else ModelVersion.V5DEV
 
 
 def _base_state(base: Path, version: ModelVersion) -> dict[str, torch.Tensor]:
@@ -95,7 +101,7 @@ def _base_state(base: Path, version: ModelVersion) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{base}: not a v3/v4 SoVITS checkpoint (no cfm.* weights)")
     if header in LORA_HEADERS or is_lora_state(weights):
         raise CheckpointError(f"{base}: is itself a LoRA fine-tune, not a full base model")
-    found = _version(base, header, _plain(payload.get("config")) or {})
+    found = _version(base, header, _plain(payload.get("config")) or {}, weights)
     if found is not version:
         raise CheckpointError(
             f"{base}: the base is a {found.value} model but the LoRA fine-tune is {version.value}"
@@ -150,7 +156,7 @@ def _dit_config(state: Mapping[str, torch.Tensor]) -> DiTConfig:
         conv_layers=_count(state, _DIT + "text_embed.text_blocks."),
         conv_mult=hidden // text_dim,
         freq_dim=state[_DIT + "time_embed.time_mlp.0.weight"].shape[1],
-        step_embedding=_DIT + "d_embed.time_mlp.0.weight" in state,
+        step_embedding=_STEP_EMBED in state,
     )
 
 
@@ -189,7 +195,7 @@ def load_sovits_v3(
     if lora != (header in LORA_HEADERS):
         what = "LoRA weights" if lora else "full weights"
         raise CheckpointError(f"{path}: header {header!r} does not match its {what}")
-    version = _version(path, header, raw)
+    version = _version(path, header, raw, weights)
     base = Path(base) if base is not None else None
     rank = None
     if lora:
@@ -203,6 +209,12 @@ def load_sovits_v3(
         cfg = _config(raw, version, state)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"{path}: SoVITS config or weights incomplete ({exc})") from None
+    if cfg.dit.step_embedding == version.is_v5:
+        has = "has" if cfg.dit.step_embedding else "lacks"
+        raise CheckpointError(
+            f"{path}: a {version.value} model whose DiT {has} the step embedding (d_embed); "
+            "v3/v4 DiTs have one, v5 DiTs none"
+        )
     gin = state["ref_enc.fc.fc.weight"].shape[0]
     if gin != cfg.sovits.gin_channels:
         raise CheckpointError(
@@ -230,10 +242,11 @@ def save_sovits_v3(
     half: bool = True,
     info: str = "8epoch_1000iteration",
 ) -> None:
-    """Write tensors under upstream keys as ``process_ckpt.savee`` does for v3/v4.
+    """Write tensors under upstream keys as ``process_ckpt.savee`` does for v3/v4/v5.
 
     ``weights`` is a full upstream state dict, or with ``lora_rank`` what
-    :func:`gsv_models.lora.lora_file_state` selects; LoRA files get the ``03``/``04`` tag.
+    :func:`gsv_models.lora.lora_file_state` selects; LoRA files get the ``03``/``04`` tag, full
+    v5 files ``07``/``08``.
     """
     config: dict[str, Any] = cfg.sovits.to_upstream()
     if lora_rank is not None:
@@ -247,5 +260,5 @@ def save_sovits_v3(
             payload["lora_rank"] = lora_rank
         torch.save(payload, buf)
     data = buf.getvalue()
-    tag = _LORA_TAGS[cfg.version] if lora_rank is not None else None
+    tag = _LORA_TAGS[cfg.version] if lora_rank is not None else VERSION_HEADERS.get(cfg.version)
     Path(path).write_bytes(tag + data[2:] if tag else data)

@@ -32,11 +32,15 @@ UPSTREAM_ONLY_PREFIXES: Final = ("linear_mel.",)
 FEATURE_UPSAMPLE: Final[dict[ModelVersion, float]] = {
     ModelVersion.V3: 1.875,  # 50 Hz → 93.75 Hz: 24 kHz mels, hop 256
     ModelVersion.V4: 2.0,  # 50 Hz → 100 Hz: 32 kHz mels, hop 320
+    ModelVersion.V5DEV: 2.0,  # v5 keeps v4's SoVITS side
+    ModelVersion.V5TURBO: 2.0,
 }
 """Nearest up-sampling of the 50 Hz content to the mel frame rate (``scale_factor`` upstream)."""
 MASK_FRAMES_PER_CODE: Final[dict[ModelVersion, float]] = {
     ModelVersion.V3: 3.875,
     ModelVersion.V4: 4.0,
+    ModelVersion.V5DEV: 4.0,
+    ModelVersion.V5TURBO: 4.0,
 }
 """Upstream's length for ``wns1``'s mask, per 25 Hz code. v3's 3.875 exceeds the 3.75 frames
 that exist (all valid); v4's equals them, and at speed ≠ 1 the rounding of

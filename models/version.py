@@ -15,6 +15,8 @@ class ModelVersion(StrEnum):
     V2PROPLUS = "v2ProPlus"
     V3 = "v3"
     V4 = "v4"
+    V5DEV = "v5dev"
+    V5TURBO = "v5turbo"
 
     @property
     def symbols_version(self) -> str:
@@ -25,6 +27,12 @@ class ModelVersion(StrEnum):
     def is_pro(self) -> bool:
         """v2Pro/v2ProPlus condition the synthesizer on a speaker-verification embedding."""
         return self in (ModelVersion.V2PRO, ModelVersion.V2PROPLUS)
+
+    @property
+    def is_v5(self) -> bool:
+        """v5dev/v5turbo: v4's SoVITS and vocoder, a DiT without the step embedding and
+        upstream's ``CFMV5`` sampler (fixed step counts, guidance that keeps the text)."""
+        return self in (ModelVersion.V5DEV, ModelVersion.V5TURBO)
 
     @classmethod
     def parse(cls, name: str) -> ModelVersion:
@@ -45,10 +53,14 @@ HEADER_VERSIONS: Final[dict[bytes, ModelVersion]] = {
     b"04": ModelVersion.V4,  # v4 LoRA
     b"05": ModelVersion.V2PRO,
     b"06": ModelVersion.V2PROPLUS,
+    b"07": ModelVersion.V5DEV,  # full files (upstream ac846f5; a later commit tags v5 LoRA so)
+    b"08": ModelVersion.V5TURBO,
 }
 VERSION_HEADERS: Final[dict[ModelVersion, bytes]] = {
     ModelVersion.V2PRO: b"05",
     ModelVersion.V2PROPLUS: b"06",
+    ModelVersion.V5DEV: b"07",
+    ModelVersion.V5TURBO: b"08",
 }
 """Tags upstream writes for full (non-LoRA) checkpoints; v1/v2 keep the plain b"PK"."""
 LORA_HEADERS: Final[frozenset[bytes]] = frozenset({b"03", b"04"})

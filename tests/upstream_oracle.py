@@ -8,6 +8,7 @@ that contains ``GPT_SoVITS/``) and are skipped otherwise.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -38,3 +39,31 @@ def import_upstream(name: str) -> ModuleType:
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
     return importlib.import_module(name)
+
+
+V5_ENV_VAR = "GSV_UPSTREAM_V5_DIR"
+V5_FILES = ("GPT_SoVITS/module/v5_inference.py", "GPT_SoVITS/f5_tts/model/backbones/dit.py")
+"""Files a v5 oracle tree has newer than GSV_UPSTREAM_DIR's snapshot: upstream's checkout
+with ``v5_inference.py`` and ``dit.py`` (``use_step_embedding``) of commit ac846f5 or later."""
+
+
+def import_upstream_v5(relpath: str, name: str) -> ModuleType:
+    """Import one file of the v5 oracle tree (GSV_UPSTREAM_V5_DIR) under a private module name,
+    so that it never shadows the older snapshot's module of the same name; skip without it."""
+    root = os.environ.get(V5_ENV_VAR)
+    if not root:
+        pytest.skip(f"{V5_ENV_VAR} is not set (no upstream v5 tree to compare against)")
+    missing = [f for f in V5_FILES if not (Path(root) / f).is_file()]
+    if missing:
+        pytest.skip(f"{V5_ENV_VAR}={root} lacks upstream's v5 files {missing}")
+    if name in sys.modules:
+        return sys.modules[name]
+    for p in (Path(root) / "GPT_SoVITS", Path(root)):  # for the file's own imports
+        if str(p) not in sys.path:
+            sys.path.append(str(p))
+    spec = importlib.util.spec_from_file_location(name, Path(root) / relpath)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -28,7 +28,7 @@ from gsv_models.config import SoVITSConfig
 from gsv_models.dit import GRN, DiTConfig
 from gsv_models.lora import TRAINED_PREFIXES, lora_file_state
 from gsv_models.sovits import unfold_weight_norm_state
-from gsv_models.sovits_v3 import SoVITSV3Config, SoVITSV3Model
+from gsv_models.sovits_v3 import FEATURE_UPSAMPLE, SoVITSV3Config, SoVITSV3Model
 from gsv_models.spectrogram import linear_spectrogram
 from gsv_models.testing.sovits_init import _init_module, _randn, _round2
 from gsv_models.version import ModelVersion
@@ -49,17 +49,20 @@ _PROBE_PHONES: Final = 10
 
 
 def v3_config(version: ModelVersion, size: Size) -> SoVITSV3Config:
-    """Upstream's v3/v4 shape (configs/s2.json + the widths ``SynthesizerTrnV3`` hard-codes), or
+    """Upstream's v3/v4/v5 shape (configs/s2.json + the widths ``SynthesizerTrnV3`` hard-codes), or
     a shrunk one of the same architecture for fast tests (the 100 mel bins, 1024 codes, 732
     symbols and 704 reference bins stay).
 
     Raises:
-        ValueError: for a version other than v3/v4.
+        ValueError: for a version other than v3/v4/v5.
     """
-    if version not in (ModelVersion.V3, ModelVersion.V4):
-        raise ValueError(f"CFM SoVITS configs exist for v3 and v4; got {version.value}")
+    if version not in FEATURE_UPSAMPLE:
+        raise ValueError(f"CFM SoVITS configs exist for v3, v4 and v5; got {version.value}")
+    step = not version.is_v5  # v5's DiT has no step embedding
     if size == "full":
-        return SoVITSV3Config(sovits=SoVITSConfig(version=version))
+        return SoVITSV3Config(
+            sovits=SoVITSConfig(version=version), dit=DiTConfig(step_embedding=step)
+        )
     sovits = SoVITSConfig(
         version=version,
         inter_channels=32,
@@ -70,7 +73,9 @@ def v3_config(version: ModelVersion, size: Size) -> SoVITSV3Config:
         ssl_dim=64,
         mrte_hidden=32,
     )
-    dit = DiTConfig(dim=64, depth=2, heads=4, dim_head=16, text_dim=48, conv_layers=2)
+    dit = DiTConfig(
+        dim=64, depth=2, heads=4, dim_head=16, text_dim=48, conv_layers=2, step_embedding=step
+    )
     return SoVITSV3Config(sovits=sovits, feature_dim=48, wn_layers=3, dit=dit)
 
 
