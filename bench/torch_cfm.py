@@ -122,12 +122,13 @@ class TorchCfm:
         while idx < fea_todo.shape[-1]:
             chunk = fea_todo[:, :, idx : idx + chunk_len]
             mu = torch.cat([fea_ref, chunk], 2)
+            prompt = mel2.shape[2]  # t_min, or a short last chunk's length after it
             x0 = torch.zeros(1, mel_dim, mu.shape[2], device=dev)
-            x0[0, :, t_min:] = torch.from_numpy(
+            x0[0, :, prompt:] = torch.from_numpy(
                 noise.frames(mel_dim, idx, idx + chunk.shape[2])
             ).to(dev)
             n0, t0 = len(self.clock.dit), time.perf_counter()
-            res = self.sovits.cfm.sample(mu, mel2, x0, sampler)[:, :, t_min:]
+            res = self.sovits.cfm.sample(mu, mel2, x0, sampler)[:, :, prompt:]
             self._sync()
             stepped = sum(s.seconds for s in self.clock.dit[n0:])  # already in cfm_dit
             self.clock.add("cfm_dit", time.perf_counter() - t0 - stepped)

@@ -106,3 +106,31 @@ def test_bench_times_the_cfm_stages_against_torch(v4_assets, tmp_path: Path) -> 
     assert f"| {TOKENS} | 3 |" in row and "×" in row  # measured against torch at 3 steps
     saved = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {r["point"]["sample_steps"] for r in saved} == {2, 3}
+
+
+def test_torch_baseline_chunks_a_long_target(v4_assets) -> None:
+    """Chunks after the first carry the previous chunk's tail as prompt, the last one short."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from gsv_bench.timers import StageClock
+    from gsv_bench.torch_cfm import TorchCfm
+    from gsv_models.load import load_model
+    from gsv_runtime.acoustic import NoiseSource
+    from gsv_runtime.bundle import Bundle
+    from gsv_runtime.voice import Voice
+
+    audio = Bundle.load(v4_assets.voice_dir).manifest.audio
+    voice = Voice.load(v4_assets.voice_root, v4_assets.voice_name)
+    clock = StageClock()
+    cfm = TorchCfm.load(
+        load_model(v4_assets.sovits, "sovits")[1], v4_assets.vocoder, audio, clock, "cpu"
+    )
+    prompt = min(voice.ref_mel.shape[1], cfm.params.t_ref)
+    cfm.params = replace(cfm.params, t_chunk=prompt + 30)  # 30 target frames per chunk
+    codes = np.random.default_rng(0).integers(0, 1024, 20)  # 20 codes → 80 frames: 30 + 30 + 20
+    with torch.no_grad():
+        samples = cfm.synthesize(codes, np.arange(5), voice, NoiseSource((0, 0)), 2)
+    assert samples == 80 * cfm.params.hop
+    assert [s.context for s in clock.dit] == [prompt + 30] * 2 + [60] * 2 + [50] * 2
