@@ -33,7 +33,7 @@ _LOGGER = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 SEMANTIC_HZ = 25
-CFM_VERSIONS = ("v3", "v4")
+CFM_VERSIONS = ("v3", "v4", "v5dev", "v5turbo")
 NOISE_SCALE = 0.5
 
 

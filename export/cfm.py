@@ -1,4 +1,4 @@
-"""v3/v4 SoVITS graphs (CFM + vocoder): declarations, traceable wrappers, export and parity.
+"""v3/v4/v5 SoVITS graphs (CFM + vocoder): declarations, traceable wrappers, export and parity.
 
 Six graphs; ``B`` is the batch. The Euler loop, the sampler settings, chunking, the reference
 mel and the start noise stay on the host (:mod:`gsv_runtime.acoustic.cfm`).
@@ -24,9 +24,10 @@ speaker vector.
 ``cfm_embed`` (once per chunk: the DiT's text and step-size embeddings)::
 
     in   features         float32 [B, text_dim, T]    [prompt | chunk] features, unpadded
-    in   dt               float32 [B]                 1 / sample_steps
+    in   dt               float32 [B]                 1 / sample_steps (v3/v4 only)
     out  text             float32 [B, T, text_dim]
-    out  step             float32 [B, dim]
+    out  step             float32 [B, dim]            (v3/v4 only: v5's DiT has no step
+                                                      embedding, so neither ``dt`` nor ``step``)
 
 ``cfm_step`` (one DiT velocity; the host integrates ``x += dt · v``)::
 
@@ -34,11 +35,11 @@ speaker vector.
     in   cond             float32 [B, mel, T]         prompt mel, zero past the prompt
     in   text             float32 [B, T, text_dim]    from cfm_embed
     in   time             float32 [B]                 flow time in [0, 1)
-    in   step             float32 [B, dim]            from cfm_embed
+    in   step             float32 [B, dim]            from cfm_embed (v3/v4 only)
     in   lengths          int64   [B]                 valid frames (keys past them masked)
     out  v                float32 [B, mel, T]
 
-``cfm_vocoder`` (v3: BigVGAN-v2 24 kHz; v4: HiFiGAN-style generator 48 kHz)::
+``cfm_vocoder`` (v3: BigVGAN-v2 24 kHz; v4/v5: HiFiGAN-style generator 48 kHz)::
 
     in   mel              float32 [B, mel, frames]    denormalised log-mel
     out  wav              float32 [B, samples]        frames · 256 (v3) | 480 (v4)
@@ -64,6 +65,13 @@ from gsv_export.graph_io import GraphDecl, export_onnx, tensor, to_numpy, to_ope
 from gsv_export.parity import Check, ParityReport, relative_max_diff, snr_db
 from gsv_export.precision import onnx_fp16
 from gsv_export.sovits import PromptGraph, RefGraph, _probe_audio
+from gsv_models.cfm import (
+    V5_MAX_TARGET_FRAMES,
+    V5_REFERENCE_FRAMES,
+    V5_TAIL_FRAMES,
+    V5_TOTAL_FRAMES,
+    sampler_for,
+)
 from gsv_models.modules import sequence_mask
 from gsv_models.sovits_v3 import MASK_FRAMES_PER_CODE, SoVITSV3Model
 from gsv_models.version import ModelVersion
@@ -90,9 +98,19 @@ LOW_PRECISION_SNR_MIN_DB: Final[dict[str, float]] = {"fp16": 40.0, "bf16": 25.0}
 float16 compute, OpenVINO fp16 weights) 48.9–70 dB, OpenVINO bf16 31.5–46 dB; a graph fed
 the wrong input or weights scores near 0 dB."""
 REF_RELATIVE_MAX: Final = 1e-4
-T_REF: Final[dict[ModelVersion, int]] = {ModelVersion.V3: 468, ModelVersion.V4: 500}
-"""Most prompt frames a chunk carries (upstream ``TTS.py::init_vocoder``)."""
-T_CHUNK: Final[dict[ModelVersion, int]] = {ModelVersion.V3: 934, ModelVersion.V4: 1000}
+T_REF: Final[dict[ModelVersion, int]] = {
+    ModelVersion.V3: 468,
+    ModelVersion.V4: 500,
+    ModelVersion.V5DEV: V5_REFERENCE_FRAMES,
+    ModelVersion.V5TURBO: V5_REFERENCE_FRAMES,
+}
+"""Most prompt frames a chunk carries (upstream ``TTS.py::init_vocoder``, ``v5_inference``)."""
+T_CHUNK: Final[dict[ModelVersion, int]] = {
+    ModelVersion.V3: 934,
+    ModelVersion.V4: 1000,
+    ModelVersion.V5DEV: V5_TOTAL_FRAMES,
+    ModelVersion.V5TURBO: V5_TOTAL_FRAMES,
+}
 """Prompt + target frames of one chunk."""
 REF_MEL: Final[dict[ModelVersion, dict[str, Any]]] = {
     ModelVersion.V3: {
@@ -114,7 +132,8 @@ REF_MEL: Final[dict[ModelVersion, dict[str, Any]]] = {
         "fmax": None,
     },
 }
-"""Reference mel of upstream ``TTS.py`` (``mel_fn`` / ``mel_fn_v4``)."""
+REF_MEL[ModelVersion.V5DEV] = REF_MEL[ModelVersion.V5TURBO] = REF_MEL[ModelVersion.V4]
+"""Reference mel of upstream ``TTS.py`` (``mel_fn`` / ``mel_fn_v4``; v5 uses v4's)."""
 SPEC_MIN: Final = -12.0
 SPEC_MAX: Final = 2.0
 SPEEDS: Final = (1.0, 1.25)
@@ -147,7 +166,9 @@ def load_vocoder(version: ModelVersion, path: str | Path) -> nn.Module:
     from gsv_models.vocoder_v4 import load_v4_vocoder
 
     if path.is_dir():
-        raise CheckpointError(f"{path}: a v4 voice needs upstream's vocoder.pth, not a folder")
+        raise CheckpointError(
+            f"{path}: a {version.value} voice needs upstream's vocoder.pth, not a folder"
+        )
     return load_v4_vocoder(path).eval()
 
 
@@ -158,9 +179,14 @@ def vocoder_rate(version: ModelVersion, vocoder: nn.Module) -> tuple[int, int]:
     return 48000, int(math.prod(vocoder.upsample_rates))  # type: ignore[arg-type]
 
 
-def cfm_audio_section(model: SoVITSV3Model, vocoder: nn.Module, steps: int = 32) -> dict[str, Any]:
-    """The manifest's ``audio`` section of a v3/v4 voice (what ``acoustic.cfm`` reads)."""
+def cfm_audio_section(
+    model: SoVITSV3Model, vocoder: nn.Module, steps: int | None = None
+) -> dict[str, Any]:
+    """The manifest's ``audio`` section of a v3/v4/v5 voice (what ``acoustic.cfm`` reads): the
+    sampler defaults and limits of its version and its chunking policy."""
     version = model.cfg.version
+    sampler = sampler_for(version, steps)
+    v5 = version.is_v5
     s2 = model.cfg.sovits
     rate, hop = vocoder_rate(version, vocoder)
     mel = REF_MEL[version]
@@ -186,10 +212,14 @@ def cfm_audio_section(model: SoVITSV3Model, vocoder: nn.Module, steps: int = 32)
             "spec_max": SPEC_MAX,
             "t_ref": T_REF[version],
             "t_chunk": T_CHUNK[version],
-            "steps": steps,
-            "temperature": 1.0,
-            "cfg_rate": 0.0,
-            "cfg_drops_text": True,
+            "steps": sampler.steps,
+            "temperature": sampler.temperature,
+            "cfg_rate": sampler.cfg_rate,
+            "cfg_drops_text": sampler.cfg_drops_text,
+            "allowed_steps": list(sampler.allowed_steps) if sampler.allowed_steps else None,
+            "max_cfg_rate": sampler.max_cfg_rate,
+            "tail_frames": V5_TAIL_FRAMES if v5 else 0,
+            "max_target_frames": V5_MAX_TARGET_FRAMES if v5 else 0,
         },
     }
 
@@ -204,6 +234,20 @@ def cfm_decls(model: SoVITSV3Model, vocoder: nn.Module) -> dict[str, GraphDecl]:
     meta = {"gsv.model_version": model.cfg.version.value}
     _, hop = vocoder_rate(model.cfg.version, vocoder)
     mel, text = dit.mel_dim, dit.text_dim
+    # v5's DiT has no step embedding: no dt into cfm_embed, no step out of it or into cfm_step
+    embed_in = {"features": tensor("float32", "batch", text, "frames")}
+    embed_out = {"text": tensor("float32", "batch", "frames", text)}
+    step_in = {
+        "x": tensor("float32", "batch", mel, "frames"),
+        "cond": tensor("float32", "batch", mel, "frames"),
+        "text": tensor("float32", "batch", "frames", text),
+        "time": tensor("float32", "batch"),
+    }
+    if dit.step_embedding:
+        embed_in["dt"] = tensor("float32", "batch")
+        embed_out["step"] = tensor("float32", "batch", dit.dim)
+        step_in["step"] = tensor("float32", "batch", dit.dim)
+    step_in["lengths"] = tensor("int64", "batch")
     return {
         PROMPT: GraphDecl(
             PROMPT,
@@ -236,30 +280,9 @@ def cfm_decls(model: SoVITSV3Model, vocoder: nn.Module) -> dict[str, GraphDecl]:
             {"features": tensor("float32", "batch", text, "frames")},
             metadata=meta,
         ),
-        EMBED: GraphDecl(
-            EMBED,
-            {
-                "features": tensor("float32", "batch", text, "frames"),
-                "dt": tensor("float32", "batch"),
-            },
-            {
-                "text": tensor("float32", "batch", "frames", text),
-                "step": tensor("float32", "batch", dit.dim),
-            },
-            metadata=meta,
-        ),
+        EMBED: GraphDecl(EMBED, embed_in, embed_out, metadata=meta),
         STEP: GraphDecl(
-            STEP,
-            {
-                "x": tensor("float32", "batch", mel, "frames"),
-                "cond": tensor("float32", "batch", mel, "frames"),
-                "text": tensor("float32", "batch", "frames", text),
-                "time": tensor("float32", "batch"),
-                "step": tensor("float32", "batch", dit.dim),
-                "lengths": tensor("int64", "batch"),
-            },
-            {"v": tensor("float32", "batch", mel, "frames")},
-            metadata=meta,
+            STEP, step_in, {"v": tensor("float32", "batch", mel, "frames")}, metadata=meta
         ),
         VOCODER: GraphDecl(
             VOCODER,
@@ -303,14 +326,16 @@ class EncoderGraph(nn.Module):
 
 
 class EmbedGraph(nn.Module):
-    """``cfm_embed``: the DiT's per-chunk text embedding and step-size embedding."""
+    """``cfm_embed``: the DiT's per-chunk text embedding and step-size embedding (the latter
+    only with a step embedding: ``dt`` is then the second input)."""
 
     def __init__(self, model: SoVITSV3Model) -> None:
         super().__init__()
         self.dit = model.cfm.estimator
 
-    def forward(self, features: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.dit.embed_text(features), self.dit.embed_step(dt)
+    def forward(self, features: torch.Tensor, *dt: torch.Tensor) -> Any:
+        text = self.dit.embed_text(features)
+        return (text, self.dit.embed_step(dt[0])) if dt else text
 
 
 class StepGraph(nn.Module):
@@ -326,10 +351,12 @@ class StepGraph(nn.Module):
         cond: torch.Tensor,
         text: torch.Tensor,
         time: torch.Tensor,
-        step: torch.Tensor,
-        lengths: torch.Tensor,
+        *step_lengths: torch.Tensor,
     ) -> torch.Tensor:
-        return self.dit.velocity(x, cond, text, time, step, lengths)
+        """``step_lengths``: ``(step, lengths)``, or ``(lengths,)`` for a DiT without a step
+        embedding (v5)."""
+        step = step_lengths[0] if len(step_lengths) == 2 else None
+        return self.dit.velocity(x, cond, text, time, step, step_lengths[-1])
 
 
 class VocoderGraph(nn.Module):
@@ -408,15 +435,17 @@ def _trace_inputs(model: SoVITSV3Model, name: str) -> tuple[torch.Tensor, ...]:
             torch.from_numpy(lengths),
         )
     if name == EMBED:
-        return (torch.randn(2, dit.text_dim, 17, generator=g), torch.full((2,), 1 / 8))
+        dt = (torch.full((2,), 1 / 8),) if dit.step_embedding else ()
+        return (torch.randn(2, dit.text_dim, 17, generator=g), *dt)
     if name == STEP:
         t = 17
+        step = (torch.randn(2, dit.dim, generator=g),) if dit.step_embedding else ()
         return (
             torch.randn(2, dit.mel_dim, t, generator=g),
             torch.randn(2, dit.mel_dim, t, generator=g),
             torch.randn(2, t, dit.text_dim, generator=g),
             torch.tensor([0.25, 0.5]),
-            torch.randn(2, dit.dim, generator=g),
+            *step,
             torch.tensor([17, 12]),
         )
     return (torch.randn(2, dit.mel_dim, 9, generator=g) - 5,)
@@ -551,7 +580,10 @@ def parity_cases(model: SoVITSV3Model, seed: int = 0) -> list[ParityCase]:
     features = torch_outputs(model, None, cases[-1])["features"]  # (1, text_dim, F)
     t = features.shape[2]
     mu = np.concatenate([features, np.zeros_like(features)])  # a CFG pair: with and without
-    cases.append(ParityCase(EMBED, "b2-cfg", {"features": mu, "dt": np.full(2, 1 / 32, "f4")}))
+    embed = {"features": mu}
+    if dit.step_embedding:
+        embed["dt"] = np.full(2, 1 / 32, "f4")
+    cases.append(ParityCase(EMBED, "b2-cfg", embed))
     emb = torch_outputs(model, None, cases[-1])
     prompt = 10
     x = _randn(rng, 2, dit.mel_dim, t)
@@ -563,9 +595,10 @@ def parity_cases(model: SoVITSV3Model, seed: int = 0) -> list[ParityCase]:
         "cond": cond,
         "text": emb["text"],
         "time": np.array([0.0, 0.0], np.float32),
-        "step": emb["step"],
         "lengths": np.array([t, t], np.int64),
     }
+    if dit.step_embedding:
+        step["step"] = emb["step"]
     cases.append(ParityCase(STEP, "b2-t0", step))
     later = {**step, "time": np.array([0.75, 0.5], "f4"), "lengths": np.array([t, t - 5])}
     cases.append(ParityCase(STEP, "b2-masked", later))
@@ -597,10 +630,13 @@ def torch_outputs(
             )
             return {"features": to_numpy(fea)}
         if case.graph == EMBED:
-            text, step = dit.embed_text(t["features"]), dit.embed_step(t["dt"])
-            return {"text": to_numpy(text), "step": to_numpy(step)}
+            out = {"text": to_numpy(dit.embed_text(t["features"]))}
+            if "dt" in t:
+                out["step"] = to_numpy(dit.embed_step(t["dt"]))
+            return out
         if case.graph == STEP:
-            v = dit.velocity(t["x"], t["cond"], t["text"], t["time"], t["step"], t["lengths"])
+            step = t.get("step")
+            v = dit.velocity(t["x"], t["cond"], t["text"], t["time"], step, t["lengths"])
             return {"v": to_numpy(v)}
         assert vocoder is not None
         return {"wav": to_numpy(vocoder(t["mel"])[:, 0])}

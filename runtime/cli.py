@@ -486,7 +486,16 @@ def _read_text(text: str | None, text_file: Path | None) -> str:
 @click.option("--noise-scale", type=float)
 @click.option("--speed", "speed_factor", type=float, default=1.0, show_default=True)
 @click.option(
-    "--sample-steps", type=int, help="v3/v4: Euler steps of the flow (default: the bundle's, 32)."
+    "--sample-steps",
+    type=int,
+    help="v3/v4/v5: Euler steps of the flow (default: the bundle's, 32; v5turbo 4; v5 takes "
+    "4, 8, 16, 32).",
+)
+@click.option(
+    "--cfg-rate",
+    type=float,
+    help="v3/v4/v5: classifier-free guidance of the flow (default: the bundle's, 0; v5dev 1.3; "
+    "v5 takes [0, 2]).",
 )
 @click.option(
     "--parallel-infer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -46,8 +47,11 @@ class SynthesisConfig:
     fixed_length: int | None = None
     """Decode exactly this many tokens per segment with EOS masked (benchmarks, random weights)."""
     sample_steps: int | None = None
-    """v3/v4: Euler steps of the flow-matching sampler (None: the bundle's, upstream 32); no
-    effect on v1–v2ProPlus voices."""
+    """v3/v4/v5: Euler steps of the flow-matching sampler (None: the bundle's: 32, v5turbo 4;
+    v5 models take 4, 8, 16 or 32); no effect on v1–v2ProPlus voices."""
+    cfg_rate: float | None = None
+    """v3/v4/v5: classifier-free guidance rate of the flow (None: the bundle's: 0, v5dev 1.3;
+    v5 models take [0, 2]); no effect on v1–v2ProPlus voices."""
     parallel_infer: bool = False
     """v3/v4: upstream's parallel chunking of a segment (overlapping windows all prompted by
     the reference, one CFM batch, SOLA joins; api_v2's default) instead of the sequential one
@@ -86,6 +90,17 @@ class SynthesisConfig:
                 self.sample_steps is None
                 or (isinstance(self.sample_steps, int) and 1 <= self.sample_steps <= 1000),
                 "None or an integer in [1, 1000]",
+            ),
+            (
+                "cfg_rate",
+                self.cfg_rate is None
+                or (
+                    isinstance(self.cfg_rate, (int, float))
+                    and not isinstance(self.cfg_rate, bool)
+                    and math.isfinite(self.cfg_rate)
+                    and 0 <= self.cfg_rate <= 100
+                ),
+                "None or a finite number in [0, 100] (v5: [0, 2])",
             ),
         ]
         for name, ok, allowed in checks:

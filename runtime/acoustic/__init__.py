@@ -72,6 +72,8 @@ class VocodeJob:
     """Index of ``tokens[0]`` in the segment (a streaming window); aligns the noise."""
     sample_steps: int | None = None
     """CFM families: Euler steps (None: the bundle's default); others ignore it."""
+    cfg_rate: float | None = None
+    """CFM families: classifier-free guidance rate (None: the bundle's default, v5dev 1.3)."""
     parallel: bool = False
     """CFM families: upstream's parallel chunking instead of the sequential one."""
 

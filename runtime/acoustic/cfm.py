@@ -260,19 +260,25 @@ class CfmStage:
         if guided and not sampler.cfg_drops_text:
             mus[b:] = mu3
         d = 1.0 / sampler.steps
-        emb = self._runner(EMBED).run({"features": mus, "dt": np.full(rows, d, np.float32)})
+        embed = self._runner(EMBED)
+        embed_feeds = {"features": mus}
+        if "dt" in embed.input_names:  # v3/v4; v5's DiT has no step embedding
+            embed_feeds["dt"] = np.full(rows, d, np.float32)
+        emb = embed.run(embed_feeds)
         lengths = np.full(rows, t, np.int64)
         step = self._runner(STEP)
-        time = 0.0  # accumulated as upstream does (not j / steps)
+        # accumulated as upstream's v3/v4 do; v5's k / N is the same number for its N
+        time = 0.0
         for _ in range(sampler.steps):
             feeds = {
                 "x": np.concatenate([x, x]) if guided else x,
                 "cond": cond,
                 "text": emb["text"],
                 "time": np.full(rows, time, np.float32),
-                "step": emb["step"],
                 "lengths": lengths,
             }
+            if "step" in emb:
+                feeds["step"] = emb["step"]
             v = step.run(feeds)["v"]
             v = v[:b] + (v[:b] - v[b:]) * np.float32(sampler.cfg_rate) if guided else v
             x = x + np.float32(d) * v
@@ -302,9 +308,13 @@ class CfmStage:
             Denormalised log-mel ``[mel, F]`` for the vocoder.
         """
         p = self.params
-        prompt, fea_ref = self._prompt(prompt_features, ref_mel)
+        ref, ref_fea = self._prompt(prompt_features, ref_mel)
+        prompt, fea_ref = ref, ref_fea
         t_min = prompt.shape[1]
         chunk_len = p.t_chunk - t_min
+        if p.max_target_frames:
+            chunk_len = min(chunk_len, p.max_target_frames)
+        tail = min(p.tail_frames, t_min)
         outputs = []
         for start in range(0, features.shape[1], chunk_len):
             chunk = features[:, start : start + chunk_len]
@@ -316,7 +326,11 @@ class CfmStage:
             )
             out = self.sample(mu, prompt, x0, sampler)[:, prompt.shape[1] :]
             outputs.append(out)
-            prompt, fea_ref = out[:, -t_min:], chunk[:, -t_min:]
+            if tail:  # v5: the reference, its end replaced by the end of this chunk
+                prompt = np.concatenate([ref[:, : t_min - tail], out[:, -tail:]], axis=1)
+                fea_ref = np.concatenate([ref_fea[:, : t_min - tail], chunk[:, -tail:]], axis=1)
+            else:  # v3/v4: this chunk's output and features
+                prompt, fea_ref = out[:, -t_min:], chunk[:, -t_min:]
         if not outputs:
             return np.zeros((self.mel_dim, 0), np.float32)
         return p.denormalize(np.concatenate(outputs, axis=1)).astype(np.float32)
@@ -435,9 +449,12 @@ class CfmStage:
     # ------------------------------------------------------------------ engine call
 
     def default_sampler(self) -> Sampler:
-        """The bundle's sampler defaults (upstream: 32 steps, temperature 1, no guidance)."""
+        """The bundle's sampler defaults (upstream v3/v4: 32 steps, temperature 1, no guidance;
+        v5 per version) and the step counts and guidance rates the model accepts."""
         p = self.params
-        return Sampler(p.steps, p.temperature, p.cfg_rate, p.cfg_drops_text)
+        return Sampler(
+            p.steps, p.temperature, p.cfg_rate, p.cfg_drops_text, p.allowed_steps, p.max_cfg_rate
+        )
 
     def synthesize(
         self, job: VocodeJob, sampler: Sampler | None = None
@@ -466,12 +483,18 @@ class CfmStage:
         """The engine's acoustic call (:class:`gsv_runtime.acoustic.AcousticStage`), job by job
         (so a segment's audio never depends on its neighbours); a job's ``sample_steps``
         overrides the bundle's step count and ``parallel`` picks upstream's parallel chunking
-        (:meth:`synthesize_parallel` of that one segment, as upstream with batch size 1)."""
+        (:meth:`synthesize_parallel` of that one segment, as upstream with batch size 1) where
+        the bundle's chunking has one (v5's batched path loops per item upstream, so a v5
+        bundle chunks sequentially); a job's ``cfg_rate`` overrides the guidance rate."""
         default = self.default_sampler()
         out = []
         for job in jobs:
-            sampler = replace(default, steps=job.sample_steps or default.steps)
-            if job.parallel:
+            sampler = replace(
+                default,
+                steps=job.sample_steps or default.steps,
+                cfg_rate=default.cfg_rate if job.cfg_rate is None else job.cfg_rate,
+            )
+            if job.parallel and not self.params.tail_frames:
                 out.extend(self.synthesize_parallel([job], sampler))
             else:
                 out.append(self.synthesize(job, sampler)[0])

@@ -1,4 +1,4 @@
-"""Host-side parts of the CFM stage (v3/v4): manifest parameters, sampler settings, the
+"""Host-side parts of the CFM stage (v3/v4/v5): manifest parameters, sampler settings, the
 length arithmetic of upstream's ``decode_encp`` and the SOLA join of parallel chunking."""
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ class CfmParams:
     temperature: float = 1.0
     cfg_rate: float = 0.0
     cfg_drops_text: bool = True
+    allowed_steps: tuple[int, ...] | None = None
+    """Step counts the model accepts (v5: 4, 8, 16, 32); None: any in [1, 1000]."""
+    max_cfg_rate: float | None = None
+    """Largest guidance rate (v5: 2); None: no bound."""
+    tail_frames: int = 0
+    """Chunking policy. 0: upstream's v3/v4 sequential chunks, each prompted by the previous
+    chunk's output. > 0: v5's ``synthesize_v5_mel``, each chunk after the first prompted by
+    the reference with its last ``min(tail_frames, R)`` frames replaced by the end of the
+    previous chunk."""
+    max_target_frames: int = 0
+    """v5: most target frames per chunk (640); 0: ``t_chunk`` minus the prompt only."""
 
     @classmethod
     def from_audio(cls, audio: Mapping[str, Any], where: str = "bundle") -> CfmParams:
@@ -65,6 +76,16 @@ class CfmParams:
                 temperature=float(cfm["temperature"]),
                 cfg_rate=float(cfm["cfg_rate"]),
                 cfg_drops_text=bool(cfm["cfg_drops_text"]),
+                allowed_steps=(
+                    tuple(int(n) for n in cfm["allowed_steps"])
+                    if cfm.get("allowed_steps") is not None
+                    else None
+                ),
+                max_cfg_rate=(
+                    float(cfm["max_cfg_rate"]) if cfm.get("max_cfg_rate") is not None else None
+                ),
+                tail_frames=int(cfm.get("tail_frames", 0)),
+                max_target_frames=int(cfm.get("max_target_frames", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: the CFM audio section is incomplete ({exc!r})") from None
@@ -118,15 +139,29 @@ class Sampler:
     temperature: float = 1.0
     cfg_rate: float = 0.0
     cfg_drops_text: bool = True
+    allowed_steps: tuple[int, ...] | None = None
+    """Step counts the model accepts (v5: 4, 8, 16, 32); None: any in [1, 1000]."""
+    max_cfg_rate: float | None = None
+    """Largest guidance rate (v5: 2); None: no bound."""
 
     def validate(self) -> None:
         """Raise InputError naming the field that is out of range."""
+        allowed = self.allowed_steps
         if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= 1000:
             raise InputError(f"sample_steps must be an integer in [1, 1000], got {self.steps!r}")
+        if allowed is not None and self.steps not in allowed:
+            raise InputError(
+                f"sample_steps must be one of {', '.join(map(str, allowed))} for this model, "
+                f"got {self.steps}"
+            )
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise InputError(f"temperature must be finite and > 0, got {self.temperature}")
-        if not (np.isfinite(self.cfg_rate) and self.cfg_rate >= 0):
-            raise InputError(f"cfg_rate must be finite and >= 0, got {self.cfg_rate}")
+        top = self.max_cfg_rate
+        if not (np.isfinite(self.cfg_rate) and self.cfg_rate >= 0) or (
+            top is not None and self.cfg_rate > top
+        ):
+            bound = f"in [0, {top:g}]" if top is not None else ">= 0"
+            raise InputError(f"cfg_rate must be finite and {bound}, got {self.cfg_rate}")
 
 
 def sola_join(

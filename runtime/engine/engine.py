@@ -693,6 +693,7 @@ class Engine:
                     ),
                     token_offset=tasks[i].start,
                     sample_steps=tasks[i].job.config.sample_steps,
+                    cfg_rate=tasks[i].job.config.cfg_rate,
                     parallel=tasks[i].job.config.parallel_infer,
                 )
                 for i in todo

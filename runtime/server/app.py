@@ -16,8 +16,9 @@ Deliberate differences from upstream api_v2 (its behaviour in brackets):
   directory, or a loaded model's name): a bundle carries both models;
 - ``/control?command=restart`` answers 400 (restart the process instead); ``exit`` stops;
 - accepted and ignored: ``batch_threshold``, ``split_bucket``, ``super_sampling``,
-  ``cfg_rate``, ``use_cuda_graph`` (``sample_steps`` and ``parallel_infer`` set the v3/v4
-  Euler steps and chunking and have no effect on v1–v2ProPlus bundles); ``streaming_mode`` 2
+  ``use_cuda_graph`` (``sample_steps``, ``cfg_rate`` and ``parallel_infer`` set the v3/v4/v5
+  Euler steps, guidance and chunking and have no effect on v1–v2ProPlus bundles; v5 takes
+  steps 4/8/16/32 and cfg_rate in [0, 2], else 400); ``streaming_mode`` 2
   and 3 both stream token windows (see the engine);
 - wav, raw, mp3, opus and aac stream; ogg (Vorbis) and flac are encoded whole;
 - extensions: ``voice`` (a configured voice instead of a reference path) and
@@ -71,7 +72,6 @@ IGNORED: Final = frozenset(
         "batch_threshold",
         "split_bucket",
         "super_sampling",
-        "cfg_rate",
         "use_cuda_graph",
         "return_fragment",
     }
@@ -519,6 +519,7 @@ _FLOATS: Final = (
     "speed_factor",
     "fragment_interval",
     "noise_scale",
+    "cfg_rate",
 )
 
 
