@@ -223,10 +223,10 @@ def _stage_table(records: Sequence[dict[str, Any]], with_machine: bool) -> list[
 def _cfm_table(records: Sequence[dict[str, Any]], with_machine: bool) -> list[str]:
     """v3/v4: the acoustic stage's parts per configuration, decode length and step count."""
     lines = [
-        "| configuration | tokens | steps | RTF | vs torch | encoder s | DiT ms/step | "
+        "| configuration | voice | tokens | steps | RTF | vs torch | encoder s | DiT ms/step | "
         "DiT frames × rows | DiT ms per frame-step | DiT s | vocoder s | vocoder ms per audio s |"
         " audio s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         c = r["metrics"].get("cfm")
@@ -236,7 +236,8 @@ def _cfm_table(records: Sequence[dict[str, Any]], with_machine: bool) -> list[st
         steps = r.get("effective", {}).get("sample_steps", r["point"].get("sample_steps"))
         dit_s = m["stages_s"].get("cfm_dit", {}).get("median")
         lines.append(
-            f"| {config_label(r, with_machine)} | {r.get('settings', {}).get('fixed_length')} | "
+            f"| {config_label(r, with_machine)} | {r.get('bundle', {}).get('version')} | "
+            f"{r.get('settings', {}).get('fixed_length')} | "
             f"{steps} | {_rtf_cell(m)} | {_speedup_cell(r)} | {_f(c.get('encoder_s'), 3)} | "
             f"{_f(c['dit_step_ms'].get('median'), 0)} | {_f(c.get('dit_frames_mean'), 0)} × "
             f"{_f(c.get('dit_rows_mean'), 0)} | {_f(c.get('dit_ms_per_frame'), 2)} | "
