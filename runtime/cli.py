@@ -166,7 +166,7 @@ _VOICE_PRECISION_OPTION = click.option(
 @click.option(
     "--vocoder",
     type=click.Path(path_type=Path),
-    help="v3/v4 only: the BigVGAN model folder (v3) or gsv-v4-pretrained/vocoder.pth (v4).",
+    help="v3/v4/v5 only: the BigVGAN model folder (v3) or gsv-v4-pretrained/vocoder.pth (v4, v5).",
 )
 @click.option(
     "--sovits-base",
@@ -500,7 +500,8 @@ def _read_text(text: str | None, text_file: Path | None) -> str:
 @click.option(
     "--parallel-infer",
     is_flag=True,
-    help="v3/v4: upstream's parallel chunking (api_v2's default) instead of the sequential one.",
+    help="v3/v4: upstream's parallel chunking (api_v2's default) instead of the sequential one "
+    "(v5 always chunks as upstream's synthesize_v5_mel).",
 )
 @click.option("--split", "text_split_method", default="cut1", show_default=True, help="cut0–cut5.")
 @click.option("--batch-size", type=int, default=1, show_default=True)
