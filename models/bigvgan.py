@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 # the checkpoint reader's safe unpickling and per-tensor checks (repeating views, sizes)
-from gsv_models.checkpoint import _to_fp32, read_payload
+from gsv_models.checkpoint import _to_fp32, check_weights_fit, read_payload
 from gsv_models.modules import WEIGHT_NORMED, WNConv1d, WNConvTranspose1d
 from gsv_models.sovits import fold_weight_norm_state, unfold_weight_norm_state
 from gsv_runtime.errors import CheckpointError
@@ -577,24 +577,6 @@ def _generator_state(path: Path, cfg: BigVGANConfig) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: weight-norm pairs missing ({exc.args[0]})") from None
 
 
-def _check_state(path: Path, expected: Mapping[str, torch.Tensor], state: Mapping) -> None:
-    """Every key present with its shape, nothing extra (upstream loads strictly too)."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit the BigVGAN of its config.json ({len(missing)} "
-            f"missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
-        )
-    shaped = [k for k, v in expected.items() if v.shape != state[k].shape]
-    if shaped:
-        k = shaped[0]
-        raise CheckpointError(
-            f"{path}: {len(shaped)} weights have the wrong shape, e.g. {k} is "
-            f"{list(state[k].shape)}, expected {list(expected[k].shape)}"
-        )
-
-
 def load_bigvgan(model_dir: str | Path) -> BigVGAN:
     """Load upstream's BigVGAN folder (``config.json`` + ``bigvgan_generator.pt``), eval mode.
 
@@ -612,7 +594,7 @@ def load_bigvgan(model_dir: str | Path) -> BigVGAN:
     state = _generator_state(path, cfg)
     with torch.device("meta"):
         expected = BigVGAN(cfg).state_dict()
-    _check_state(path, expected, state)
+    check_weights_fit(path, "BigVGAN of its config.json", expected, state)
     model = BigVGAN(cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -8,14 +8,13 @@ of fused weights, so it maps onto :class:`gsv_models.modules.Generator` key for 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import torch
 
-from gsv_models.checkpoint import _to_fp32, read_payload
+from gsv_models.checkpoint import _to_fp32, check_weights_fit, read_payload
 from gsv_models.modules import Generator
 from gsv_runtime.errors import CheckpointError
 
@@ -75,22 +74,7 @@ def load_v4_vocoder(path: str | Path) -> Generator:
     cfg = V4VocoderConfig(mel_dim=pre.shape[1], upsample_initial_channel=pre.shape[0])
     with torch.device("meta"):
         expected = build_v4_vocoder(cfg).state_dict()
-    _check_state(path, expected, state)
+    check_weights_fit(path, "v4 vocoder", expected, state)
     model = build_v4_vocoder(cfg)
     model.load_state_dict(state, strict=True)
     return model
-
-
-def _check_state(path: Path, expected: Mapping[str, torch.Tensor], state: Mapping) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit the v4 vocoder ({len(missing)} missing, e.g. "
-            f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
-        )
-    for key, value in expected.items():
-        if value.shape != state[key].shape:
-            raise CheckpointError(
-                f"{path}: {key} is {list(state[key].shape)}, expected {list(value.shape)}"
-            )

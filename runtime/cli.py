@@ -12,6 +12,8 @@ import click
 from gsv_runtime.errors import GsvError, InputError
 
 _VERSIONS = ["v1", "v2", "v2Pro", "v2ProPlus"]
+# gsv bench makes random v3/v4 voices too (gsv_bench.assets.RANDOM_VERSIONS).
+_BENCH_VERSIONS = [*_VERSIONS, "v3", "v4"]
 
 
 class _Group(click.Group):
@@ -863,7 +865,7 @@ def phonemize_cmd(
 @click.option("--bundle", type=click.Path(path_type=Path), help="Voice bundle to measure.")
 @click.option(
     "--random",
-    type=click.Choice(_VERSIONS),
+    type=click.Choice(_BENCH_VERSIONS),
     help="Make full-size random checkpoints of VERSION and export them (cached; needs the "
     "export extra the first time).",
 )
@@ -882,10 +884,17 @@ def phonemize_cmd(
 @click.option("--fixed-length", type=int, help="Decode N tokens per sentence (EOS masked).")
 @click.option("--engines", help="Comma-separated: torch, onnxruntime, openvino.")
 @click.option("--devices", help="Comma-separated: cpu, gpu.")
-@click.option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8.")
+@click.option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8, auto.")
 @click.option("--threads", help="Comma-separated thread counts (0 = all cores).")
 @click.option("--batch", help="Comma-separated GPT batch sizes.")
 @click.option("--concurrency", help="Comma-separated numbers of requests in flight.")
+@click.option("--sample-steps", help="v3/v4: comma-separated flow-matching steps (e.g. 4,8,32).")
+@click.option(
+    "--vocoder",
+    type=click.Path(path_type=Path),
+    help="v3/v4 --bundle: upstream's vocoder (BigVGAN folder or vocoder.pth) for the torch "
+    "baseline.",
+)
 @click.option("--warmup", type=int, help="Untimed requests per engine.")
 @click.option("--repeats", type=int, help="Timed passes over the texts.")
 @click.option("--seed", type=int)

@@ -17,6 +17,7 @@ from gsv_export import export_bundle
 from gsv_models.testing import make_checkpoint
 from gsv_models.testing.cfm_init import make_v3_checkpoint, make_v4_vocoder
 from gsv_models.version import ModelVersion
+from gsv_runtime.cli import bench_cmd
 
 TOKENS = 8
 
@@ -61,9 +62,11 @@ def test_sample_steps_is_a_sweep_dimension() -> None:
         "torch/cpu/fp32 t2 b1 c1 s8",
         "onnxruntime/cpu/fp32 t2 b1 c1 s8",
     ]
-    opts = {k: None for k in ("engines", "devices", "precisions", "batch", "concurrency")}
-    opts |= {"quick": False, "preset": None, "random": "v4", "threads": "2"}
-    cli_points, _ = _points({**opts, "engines": "onnxruntime", "sample_steps": "4,32"})
+    args = ["--random", "v4", "--threads", "2", "--engines", "onnxruntime"]
+    args += ["--sample-steps", "4,32", "--vocoder", "voc.pth"]
+    opts = bench_cmd.make_context("bench", args).params
+    assert opts["vocoder"] == Path("voc.pth")
+    cli_points, _ = _points(opts)
     assert [p.sample_steps for p in cli_points] == [4, 32]
 
 
