@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,50 @@ def ref_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("audio") / "ref.wav"
     sf.write(path, np.stack([mono, 0.8 * mono], axis=1).astype(np.float32), sr)
     return path
+
+
+@cache
+def cfm_models(version: Any) -> tuple[Any, Any]:
+    """Tiny random v3/v4/v5 SoVITS and its vocoder (BigVGAN for v3, v4's for v4 and v5)."""
+    import torch
+
+    from gsv_models.testing.bigvgan_init import bigvgan_config, random_bigvgan
+    from gsv_models.testing.cfm_init import (
+        random_v3,
+        random_v4_vocoder,
+        v3_config,
+        v4_vocoder_config,
+    )
+    from gsv_models.version import ModelVersion
+
+    torch.set_num_threads(2)
+    model = random_v3(v3_config(version, "tiny"), 0)
+    if version is ModelVersion.V3:
+        return model, random_bigvgan(bigvgan_config("tiny"), 0)
+    return model, random_v4_vocoder(v4_vocoder_config("tiny"), 0)
+
+
+@pytest.fixture(scope="session")
+def cfm_bundles(tmp_path_factory: pytest.TempPathFactory):
+    """Return a function version → bundle with the six CFM graphs of :func:`cfm_models`,
+    verified against torch (ONNX; OpenVINO too except for v3), made once."""
+    from gsv_export.cfm import cfm_audio_section, export_cfm_graphs, verify_cfm
+    from gsv_export.writer import write_manifest
+    from gsv_models.version import ModelVersion
+    from gsv_runtime.bundle import Bundle
+
+    done: dict[ModelVersion, Bundle] = {}
+
+    def get(version: ModelVersion) -> Bundle:
+        if version not in done:
+            model, vocoder = cfm_models(version)
+            root = tmp_path_factory.mktemp(f"cfm-{version.value}")
+            formats = ("onnx",) if version is ModelVersion.V3 else ("onnx", "openvino")
+            specs = export_cfm_graphs(model, vocoder, root, formats)
+            report = verify_cfm(root, specs, model, vocoder)
+            assert not report.failures, [c.line() for c in report.failures]
+            write_manifest(root, "voice", specs, audio=cfm_audio_section(model, vocoder))
+            done[version] = Bundle.load(root)
+        return done[version]
+
+    return get

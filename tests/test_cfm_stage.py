@@ -9,61 +9,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from gsv_export.cfm import REF_MEL, cfm_audio_section, export_cfm_graphs
+from gsv_export.cfm import REF_MEL
 from gsv_export.parity import snr_db
 from gsv_export.sovits import _probe_audio
-from gsv_export.writer import write_manifest
 from gsv_models.cfm import SamplerConfig
 from gsv_models.sovits_v3 import SoVITSV3Model
-from gsv_models.testing.bigvgan_init import bigvgan_config, random_bigvgan
-from gsv_models.testing.cfm_init import random_v3, random_v4_vocoder, v3_config, v4_vocoder_config
 from gsv_models.version import ModelVersion
 from gsv_runtime.acoustic import NoiseSource, VocodeJob, load_acoustic
 from gsv_runtime.acoustic.cfm import CfmParams, CfmStage, Sampler
 from gsv_runtime.audio_features import linear_spectrogram, log_mel_spectrogram, slaney_mel_banks
 from gsv_runtime.backends import RunnerOptions
-from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BundleError, InputError
 from gsv_runtime.voice import Voice
+from tests.conftest import cfm_models
 
 V3, V4 = ModelVersion.V3, ModelVersion.V4
 SNR_MIN_DB = 80.0
 """Stage audio vs the torch pipeline, same noise (measured 117–129 dB on tiny v3/v4; the
 issue asked for ≥ 40)."""
-
-
-@cache
-def _models(version: ModelVersion) -> tuple[SoVITSV3Model, torch.nn.Module]:
-    torch.set_num_threads(2)
-    model = random_v3(v3_config(version, "tiny"), 0)
-    if version is V3:
-        return model, random_bigvgan(bigvgan_config("tiny"), 0)
-    return model, random_v4_vocoder(v4_vocoder_config("tiny"), 0)
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory):
-    """version → bundle with the six CFM graphs (ONNX; v4 also OpenVINO), made once."""
-    done: dict[ModelVersion, Bundle] = {}
-
-    def get(version: ModelVersion) -> Bundle:
-        if version not in done:
-            model, vocoder = _models(version)
-            root = tmp_path_factory.mktemp(f"cfm-{version.value}")
-            formats = ("onnx", "openvino") if version is V4 else ("onnx",)
-            specs = export_cfm_graphs(model, vocoder, root, formats)
-            write_manifest(root, "voice", specs, audio=cfm_audio_section(model, vocoder))
-            done[version] = Bundle.load(root)
-        return done[version]
-
-    return get
 
 
 def _voice(stage: CfmStage, version: ModelVersion, seed: int = 0) -> Voice:
@@ -151,26 +120,26 @@ def torch_pipeline(
     ("version", "backend", "speed"),
     [(V3, "onnxruntime", 1.0), (V4, "onnxruntime", 1.0), (V4, "openvino", 1.25)],
 )
-def test_stage_matches_torch_pipeline(bundles, version, backend, speed) -> None:
+def test_stage_matches_torch_pipeline(cfm_bundles, version, backend, speed) -> None:
     """Three chunks (a small T_chunk) of a 40-token target, 4 Euler steps, same noise."""
-    stage = CfmStage.from_bundle(bundles(version), backend)
+    stage = CfmStage.from_bundle(cfm_bundles(version), backend)
     stage.params = replace(stage.params, t_ref=24, t_chunk=64, steps=4)
     voice = _voice(stage, version)
     job = _job(voice, 40, seed=1, speed=speed)
     wav, mel = stage.synthesize(job)
     chunk_len = stage.params.t_chunk - min(voice.ref_mel.shape[1], stage.params.t_ref)
     assert mel.shape[1] > 2 * chunk_len  # really chunked
-    model, vocoder = _models(version)
+    model, vocoder = cfm_models(version)
     expected = torch_pipeline(model, vocoder, job, stage.params, SamplerConfig(steps=4))
     assert wav.shape == expected.shape == (mel.shape[1] * stage.params.hop,)
     assert snr_db(expected, wav) >= SNR_MIN_DB
     assert 0.01 < float(np.sqrt(np.mean(wav**2))) < 1
 
 
-def test_guided_sampling_matches_torch(bundles) -> None:
+def test_guided_sampling_matches_torch(cfm_bundles) -> None:
     """CFG's two passes run as one batch of two and combine as upstream's ``CFM``."""
-    stage = CfmStage.from_bundle(bundles(V3), "onnxruntime")
-    model, _ = _models(V3)
+    stage = CfmStage.from_bundle(cfm_bundles(V3), "onnxruntime")
+    model, _ = cfm_models(V3)
     rng = np.random.default_rng(3)
     mu = rng.standard_normal((stage.text_dim, 30), dtype=np.float32)
     prompt = np.tanh(rng.standard_normal((100, 8), dtype=np.float32))
@@ -188,8 +157,8 @@ def test_guided_sampling_matches_torch(bundles) -> None:
         assert float(np.abs(got[:, :8]).max()) == 0
 
 
-def test_seed_reproduces_and_noise_matters(bundles) -> None:
-    stage = CfmStage.from_bundle(bundles(V4), "onnxruntime")
+def test_seed_reproduces_and_noise_matters(cfm_bundles) -> None:
+    stage = CfmStage.from_bundle(cfm_bundles(V4), "onnxruntime")
     stage.params = replace(stage.params, steps=2)
     voice = _voice(stage, V4, seed=2)
     a = stage.vocode([_job(voice, 12, seed=5)])[0]
@@ -200,14 +169,14 @@ def test_seed_reproduces_and_noise_matters(bundles) -> None:
     assert snr_db(a, c) < 20
 
 
-def test_load_acoustic_picks_the_cfm_family(bundles) -> None:
-    stage = load_acoustic(bundles(V3), "onnxruntime", RunnerOptions(), "fp32")
+def test_load_acoustic_picks_the_cfm_family(cfm_bundles) -> None:
+    stage = load_acoustic(cfm_bundles(V3), "onnxruntime", RunnerOptions(), "fp32")
     assert isinstance(stage, CfmStage)
     assert (stage.sample_rate, stage.samples_per_token) == (24000, 960)
 
 
-def test_bad_inputs_are_refused_clearly(bundles) -> None:
-    bundle = bundles(V3)
+def test_bad_inputs_are_refused_clearly(cfm_bundles) -> None:
+    bundle = cfm_bundles(V3)
     stage = CfmStage.from_bundle(bundle, "onnxruntime")
     voice = _voice(stage, V3)
     with pytest.raises(InputError, match="needs its reference mel"):
@@ -236,8 +205,8 @@ def test_bad_inputs_are_refused_clearly(bundles) -> None:
         ).prompt_codes(np.zeros((64, 4), np.float32))
 
 
-def test_voice_with_ref_mel_saves_and_loads(bundles, tmp_path: Path) -> None:
-    stage = CfmStage.from_bundle(bundles(V4), "onnxruntime")
+def test_voice_with_ref_mel_saves_and_loads(cfm_bundles, tmp_path: Path) -> None:
+    stage = CfmStage.from_bundle(cfm_bundles(V4), "onnxruntime")
     voice = _voice(stage, V4)
     voice.save(tmp_path, "cfm")
     loaded = Voice.load(tmp_path, "cfm")
@@ -372,16 +341,16 @@ def torch_parallel(model, vocoder, jobs, params: CfmParams, sampler: SamplerConf
 
 
 @pytest.mark.parametrize("version", [V3, V4])
-def test_parallel_chunking_matches_torch(bundles, version) -> None:
+def test_parallel_chunking_matches_torch(cfm_bundles, version) -> None:
     """Three segments in upstream's parallel mode: windows over their concatenation, one CFM
     batch, SOLA joins, cut back per segment."""
-    stage = CfmStage.from_bundle(bundles(version), "onnxruntime")
+    stage = CfmStage.from_bundle(cfm_bundles(version), "onnxruntime")
     stage.params = replace(stage.params, t_ref=24, t_chunk=64, steps=3)
     voice = _voice(stage, version, seed=3)
     jobs = [_job(voice, n, seed=7) for n in (20, 9, 14)]
     jobs = [replace(j, noise=jobs[0].noise) for j in jobs]
     got = stage.synthesize_parallel(jobs)
-    model, vocoder = _models(version)
+    model, vocoder = cfm_models(version)
     expected = torch_parallel(model, vocoder, jobs, stage.params, SamplerConfig(steps=3))
     assert [g.shape for g in got] == [e.shape for e in expected]
     for g, e in zip(got, expected, strict=True):

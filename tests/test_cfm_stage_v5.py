@@ -9,53 +9,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from functools import cache
 
 import numpy as np
 import pytest
 import torch
 
-from gsv_export.cfm import cfm_audio_section, export_cfm_graphs, verify_cfm
 from gsv_export.parity import snr_db
-from gsv_export.writer import write_manifest
 from gsv_models.cfm import sample_v5_chunks, sampler_for
 from gsv_models.sovits_v3 import SoVITSV3Model
-from gsv_models.testing.cfm_init import random_v3, random_v4_vocoder, v3_config, v4_vocoder_config
 from gsv_models.version import ModelVersion
 from gsv_runtime.acoustic import VocodeJob
 from gsv_runtime.acoustic.cfm import CfmStage, Sampler
-from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import InputError
+from tests.conftest import cfm_models
 from tests.test_cfm_stage import _job, _voice
 
 V5DEV, V5TURBO = ModelVersion.V5DEV, ModelVersion.V5TURBO
 SNR_MIN_DB = 40.0
 """Stage audio vs the torch pipeline, same noise (the issue's floor)."""
-
-
-@cache
-def _models(version: ModelVersion) -> tuple[SoVITSV3Model, torch.nn.Module]:
-    torch.set_num_threads(2)
-    return random_v3(v3_config(version, "tiny"), 0), random_v4_vocoder(v4_vocoder_config("tiny"), 0)
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory):
-    """version → bundle with the six CFM graphs in ONNX and OpenVINO, verified, made once."""
-    done: dict[ModelVersion, Bundle] = {}
-
-    def get(version: ModelVersion) -> Bundle:
-        if version not in done:
-            model, vocoder = _models(version)
-            root = tmp_path_factory.mktemp(f"cfm-{version.value}")
-            specs = export_cfm_graphs(model, vocoder, root, ("onnx", "openvino"))
-            report = verify_cfm(root, specs, model, vocoder)
-            assert not report.failures, [c.line() for c in report.failures]
-            write_manifest(root, "voice", specs, audio=cfm_audio_section(model, vocoder))
-            done[version] = Bundle.load(root)
-        return done[version]
-
-    return get
 
 
 def torch_v5(
@@ -91,9 +62,9 @@ def torch_v5(
         return vocoder(torch.from_numpy(p.denormalize(mel.numpy())))[0, 0].numpy()
 
 
-def test_manifest_carries_the_v5_sampler(bundles) -> None:
+def test_manifest_carries_the_v5_sampler(cfm_bundles) -> None:
     for version, steps, cfg in [(V5TURBO, 4, 0.0), (V5DEV, 32, 1.3)]:
-        stage = CfmStage.from_bundle(bundles(version), "onnxruntime")
+        stage = CfmStage.from_bundle(cfm_bundles(version), "onnxruntime")
         p = stage.params
         assert (p.steps, p.cfg_rate, p.temperature, p.cfg_drops_text) == (steps, cfg, 0.875, False)
         assert (p.allowed_steps, p.max_cfg_rate) == ((4, 8, 16, 32), 2.0)
@@ -111,14 +82,14 @@ def test_manifest_carries_the_v5_sampler(bundles) -> None:
         (V5DEV, "onnxruntime", 8, 0.5),
     ],
 )
-def test_stage_matches_torch_v5(bundles, version, backend, steps, cfg_rate) -> None:
+def test_stage_matches_torch_v5(cfm_bundles, version, backend, steps, cfg_rate) -> None:
     """330 tokens = 1320 frames: three chunks (640 + 640 + 40) behind a 120-frame prompt, so
     later chunks' prompts end in the previous chunk's last 32 frames."""
-    stage = CfmStage.from_bundle(bundles(version), backend)
+    stage = CfmStage.from_bundle(cfm_bundles(version), backend)
     voice = _voice(stage, V5DEV)
     job = replace(_job(voice, 330, seed=1), sample_steps=steps, cfg_rate=cfg_rate)
     wav = stage.vocode([job])[0]
-    model, vocoder = _models(version)
+    model, vocoder = cfm_models(version)
     default = sampler_for(version)
     expected = torch_v5(
         model,
@@ -134,8 +105,8 @@ def test_stage_matches_torch_v5(bundles, version, backend, steps, cfg_rate) -> N
     np.testing.assert_array_equal(parallel, wav)
 
 
-def test_v5_limits_are_input_errors(bundles) -> None:
-    stage = CfmStage.from_bundle(bundles(V5TURBO), "onnxruntime")
+def test_v5_limits_are_input_errors(cfm_bundles) -> None:
+    stage = CfmStage.from_bundle(cfm_bundles(V5TURBO), "onnxruntime")
     voice = _voice(stage, V5TURBO)
     job = _job(voice, 5, 0)
     for change, message in [

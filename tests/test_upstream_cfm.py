@@ -28,7 +28,7 @@ from gsv_models.testing.cfm_init import (
 )
 from gsv_models.version import ModelVersion
 from gsv_models.vocoder_v4 import V4VocoderConfig, load_v4_vocoder
-from tests.upstream_oracle import import_upstream, upstream_root
+from tests.upstream_oracle import import_upstream, upstream_dit_args, upstream_root
 
 pytestmark = pytest.mark.upstream
 
@@ -126,16 +126,7 @@ def _fit_hardcoded_widths(net: nn.Module, cfg: SoVITSV3Config) -> None:
     net.linear_mel = nn.Conv1d(cfg.feature_dim, d.mel_dim, 1)
     net.cfm = models.CFM(
         d.mel_dim,
-        dit.DiT(
-            dim=d.dim,
-            depth=d.depth,
-            heads=d.heads,
-            dim_head=d.dim_head,
-            ff_mult=d.ff_mult,
-            mel_dim=d.mel_dim,
-            text_dim=cfg.feature_dim,
-            conv_layers=d.conv_layers,
-        ),
+        dit.DiT(**upstream_dit_args(cfg)),
     )
 
 

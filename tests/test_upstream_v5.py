@@ -24,7 +24,7 @@ from gsv_models.sovits_v3 import SoVITSV3Config
 from gsv_models.testing.cfm_init import make_v3_checkpoint
 from gsv_models.version import ModelVersion
 from tests.test_upstream_cfm import snr_db
-from tests.upstream_oracle import import_upstream_v5
+from tests.upstream_oracle import import_upstream_v5, upstream_dit_args
 
 pytestmark = pytest.mark.upstream
 
@@ -34,18 +34,7 @@ V5DEV, V5TURBO = ModelVersion.V5DEV, ModelVersion.V5TURBO
 
 def _upstream_dit(path: Path, cfg: SoVITSV3Config) -> nn.Module:
     dit = import_upstream_v5("GPT_SoVITS/f5_tts/model/backbones/dit.py", "upstream_v5_dit")
-    d = cfg.dit
-    net = dit.DiT(
-        dim=d.dim,
-        depth=d.depth,
-        heads=d.heads,
-        dim_head=d.dim_head,
-        ff_mult=d.ff_mult,
-        mel_dim=d.mel_dim,
-        text_dim=cfg.feature_dim,
-        conv_layers=d.conv_layers,
-        use_step_embedding=False,
-    )
+    net = dit.DiT(**upstream_dit_args(cfg), use_step_embedding=False)
     prefix = "cfm.estimator."
     weights = read_payload(path)[0]["weight"]
     state = {k[len(prefix) :]: v.float() for k, v in weights.items() if k.startswith(prefix)}

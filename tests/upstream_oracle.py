@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,18 @@ def import_upstream_v5(relpath: str, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def upstream_dit_args(cfg: Any) -> dict[str, Any]:
+    """Keyword arguments of upstream's ``DiT`` for our ``SoVITSV3Config`` ``cfg``."""
+    d = cfg.dit
+    return {
+        "dim": d.dim,
+        "depth": d.depth,
+        "heads": d.heads,
+        "dim_head": d.dim_head,
+        "ff_mult": d.ff_mult,
+        "mel_dim": d.mel_dim,
+        "text_dim": cfg.feature_dim,
+        "conv_layers": d.conv_layers,
+    }
