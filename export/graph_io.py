@@ -16,6 +16,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from gsv_export.ov_sine import replace_sine
 from gsv_export.polyphase import polyphase_upsampling
 from gsv_runtime.bundle import FORMAT_VERSION, GraphFile, GraphSpec, TensorSpec
 from gsv_runtime.errors import GsvError
@@ -257,6 +258,8 @@ def _tensors(graph: Any) -> Iterator[Any]:
 def to_openvino(onnx_path: Path, xml_path: Path, fp16_weights: bool = False) -> Path:
     """Convert an ONNX graph to OpenVINO IR (.xml + .bin); optionally store fp16 weights.
 
+    ``Sin`` nodes become a polynomial the CPU plugin vectorises (:mod:`gsv_export.ov_sine`).
+
     Raises:
         ExportError: if OpenVINO cannot convert it.
     """
@@ -265,6 +268,7 @@ def to_openvino(onnx_path: Path, xml_path: Path, fp16_weights: bool = False) -> 
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         model = ov.convert_model(str(onnx_path))
+        replace_sine(model)
         ov.save_model(model, str(xml_path), compress_to_fp16=fp16_weights)
     except Exception as exc:
         raise ExportError(f"{onnx_path.name}: OpenVINO conversion failed: {exc}") from exc
