@@ -5,8 +5,9 @@ stage, e.g. ``gpt=int8,acoustic=bf16,support=bf16``. ``auto`` picks, per stage a
 first variant the bundle holds from an order set by this CPU's ISA, measured side by side on the
 2-core AVX-512-VNNI/BF16 EPYC of bench/results (full-size random weights, 2 threads):
 
-* GPT step: int8 wins on both backends with VNNI (OpenVINO 9.5 vs 10.7 ms bf16; onnxruntime
-  8.2–9.8 vs 13.3–14.3 ms fp32 at context ≈ 600);
+* GPT step: onnxruntime int8 with VNNI (8.1–9.8 vs 13.3–14.5 ms fp32 at context ≈ 600);
+  OpenVINO bf16 where the CPU has BF16 units (9.0–12.6 ms, never slower than int8 weights'
+  10.4–13.4 ms in four side-by-side pairings, and closer to fp32), int8 with VNNI alone;
 * SoVITS decoder: OpenVINO bf16 (96 vs 148 ms per audio second for the fp32 decoder);
 * support graphs (HuBERT, BERT, SV): OpenVINO bf16 (2.0×, 2.3×, 1.8× fp32), onnxruntime int8
   (HuBERT 1.5×, BERT 2.8×; SV has no int8 and stays fp32).
@@ -58,9 +59,10 @@ _WHY: Final = {
     "decoder has no int8 variant",
     "onnxruntime-support-int8": "int8 dot-product units: BERT 2.8×, HuBERT 1.5× fp32 (VNNI; "
     "SV has no int8 and runs fp32)",
-    "openvino-gpt-int8": "int8 dot-product units: int8 weights stream fastest in the "
-    "memory-bound step (9.5 ms vs 10.7 ms bf16 at context 600, VNNI)",
-    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32",
+    "openvino-gpt-int8": "int8 dot-product units: a quarter of the fp32 weight bytes in the "
+    "memory-bound step (without BF16 units; with them bf16 measured as fast or faster)",
+    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32, and as fast as int8 "
+    "weights or faster (9.0–12.6 vs 10.4–13.4 ms at context 600, four pairings)",
     "openvino-acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 96 ms per "
     "audio second vs 148 ms in fp32",
     "openvino-support-bf16": "BF16 units: HuBERT 2.0×, BERT 2.3×, SV 1.8× fp32",
@@ -76,7 +78,7 @@ def auto_explained(stage: str, backend: str, flags: frozenset[str]) -> tuple[tup
     ranked = {
         ("onnxruntime", "gpt"): [("int8", vnni)],
         ("onnxruntime", "support"): [("int8", vnni)],
-        ("openvino", "gpt"): [("int8", vnni), ("bf16", bf16)],
+        ("openvino", "gpt"): [("bf16", bf16), ("int8", vnni)],
         ("openvino", "acoustic"): [("bf16", bf16)],
         ("openvino", "support"): [("bf16", bf16)],
     }.get((backend, stage), [])

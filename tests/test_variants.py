@@ -24,7 +24,8 @@ def test_parse_precision() -> None:
 
 def test_auto_order_follows_the_isa() -> None:
     amx = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
-    assert auto_order("gpt", "openvino", amx) == ("int8", "bf16", "fp32")
+    assert auto_order("gpt", "openvino", amx) == ("bf16", "int8", "fp32")
+    assert auto_order("gpt", "openvino", frozenset({"avx512_vnni"})) == ("int8", "fp32")
     assert auto_order("acoustic", "openvino", amx) == ("bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx2"})) == ("fp32",)
     assert auto_order("gpt", "onnxruntime", amx) == ("int8", "fp32")
@@ -33,7 +34,7 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("support", "openvino", amx) == ("bf16", "fp32")
     assert auto_order("gpt", "onnxruntime", frozenset({"avx2"})) == ("fp32",)
     graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
-    assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
+    assert auto_order("gpt", "openvino", graviton) == ("bf16", "int8", "fp32")
     assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("fp32",)
 
 
