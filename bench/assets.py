@@ -31,8 +31,8 @@ DEFAULT_CACHE: Final = Path.home() / ".cache" / "gsv-rt" / "bench"
 VOICE_NAME: Final = "bench"
 REF_SECONDS: Final = 5.0
 REF_PROMPT: Final = ("This is a short reference clip for the benchmark.", "en")
-RANDOM_VERSIONS: Final = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
-CFM_VERSIONS: Final = ("v3", "v4")
+CFM_VERSIONS: Final = ("v3", "v4", "v5dev", "v5turbo")
+RANDOM_VERSIONS: Final = ("v1", "v2", "v2Pro", "v2ProPlus", *CFM_VERSIONS)
 """Flow-matching (DiT + vocoder) versions: their GPT is v2's, the SoVITS a CFM, plus a vocoder."""
 
 
@@ -181,8 +181,14 @@ def _random_support(cache: Path, with_bert: bool, progress: Progress) -> Path:
     return out
 
 
+def _vocoder_path(version: str, ckpt: Path) -> Path:
+    """Where a random CFM voice's vocoder lives: BigVGAN's folder (v3), else v4's
+    ``vocoder.pth`` (v4, v5)."""
+    return ckpt / ("bigvgan" if version == "v3" else "vocoder.pth")
+
+
 def _random_checkpoints(version: str, ckpt: Path) -> tuple[Path, Path, Path | None]:
-    """Full-size random GPT + SoVITS (+ the vocoder of v3/v4) in upstream's formats, once."""
+    """Full-size random GPT + SoVITS (+ the vocoder of v3/v4/v5) in upstream's formats, once."""
     from gsv_models.testing import make_checkpoint, make_voice_checkpoints
     from gsv_models.version import ModelVersion
 
@@ -195,8 +201,8 @@ def _random_checkpoints(version: str, ckpt: Path) -> tuple[Path, Path, Path | No
     from gsv_models.testing.cfm_init import make_v3_checkpoint, make_v4_vocoder
 
     v3 = version == "v3"
-    vocoder = ckpt / ("bigvgan" if v3 else "vocoder.pth")
-    if not gpt.is_file():  # v3/v4 voices use v2's GPT
+    vocoder = _vocoder_path(version, ckpt)
+    if not gpt.is_file():  # v3/v4/v5 voices use v2's GPT
         make_checkpoint("v2", "gpt", gpt, size="full", seed=0)
     if not sovits.is_file():
         make_v3_checkpoint(version, sovits, size="full", seed=1)
@@ -221,7 +227,7 @@ def _random_voice(
         wanted = (wanted - {"auto"}) | {"bf16", "int8"}
     if wanted <= have:
         gpt, sovits = ckpt / "gpt.ckpt", ckpt / "sovits.pth"
-        vocoder = {"v3": ckpt / "bigvgan", "v4": ckpt / "vocoder.pth"}.get(version)
+        vocoder = _vocoder_path(version, ckpt) if version in CFM_VERSIONS else None
         return voice, gpt, sovits, vocoder
     log = cache / "export.log"
     precs = sorted(wanted | have, key=["fp32", "fp16", "bf16", "int8"].index)

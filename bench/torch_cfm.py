@@ -1,4 +1,5 @@
-"""The torch baseline's v3/v4 acoustic stage: upstream's sequential ``using_vocoder_synthesis``.
+"""The torch baseline's v3/v4/v5 acoustic stage: upstream's sequential ``using_vocoder_synthesis``
+(v5: ``synthesize_v5_mel``).
 
 ``gsv_models`` (PyTorch eager, per stage the same numbers as upstream) runs the content encoder
 (``decode_features``), the CFM's Euler loop over chunks of ``t_chunk`` frames, each prompted by
@@ -36,7 +37,7 @@ def load_vocoder(path: str | Path, device: str) -> Any:
 
 
 class TorchCfm:
-    """One v3/v4 SoVITS + vocoder in PyTorch eager, timed into ``clock``."""
+    """One v3/v4/v5 SoVITS + vocoder in PyTorch eager, timed into ``clock``."""
 
     def __init__(
         self,
@@ -115,9 +116,12 @@ class TorchCfm:
         mel2, fea_ref = mel2[:, :, :t_min], fea_ref[:, :, :t_min]
         if t_min > p.t_ref:
             mel2, fea_ref, t_min = mel2[:, :, -p.t_ref :], fea_ref[:, :, -p.t_ref :], p.t_ref
-        chunk_len = p.t_chunk - t_min
         sampler = SamplerConfig(steps, p.temperature, p.cfg_rate, p.cfg_drops_text)
         mel_dim = mel2.shape[1]
+        if p.tail_frames > 0:
+            mel = self._sample_v5(fea_ref, fea_todo, mel2, noise, sampler)
+            return self._vocode(mel)
+        chunk_len = p.t_chunk - t_min
         outs, idx = [], 0
         while idx < fea_todo.shape[-1]:
             chunk = fea_todo[:, :, idx : idx + chunk_len]
@@ -137,7 +141,33 @@ class TorchCfm:
             idx += chunk_len
         if not outs:
             return 0
-        mel = torch.from_numpy(p.denormalize(torch.cat(outs, 2).cpu().numpy())).to(dev)
+        return self._vocode(torch.cat(outs, 2))
+
+    def _sample_v5(
+        self, fea_ref: Any, fea_todo: Any, mel2: Any, noise: NoiseSource, sampler: Any
+    ) -> Any:
+        """v5: upstream's ``synthesize_v5_mel`` (:func:`gsv_models.cfm.sample_v5_chunks`)."""
+        import torch
+
+        from gsv_models.cfm import sample_v5_chunks
+
+        mel_dim = mel2.shape[1]
+
+        def start_noise(start: int, stop: int) -> Any:
+            return torch.from_numpy(noise.frames(mel_dim, start, stop))[None].to(self.device)
+
+        n0, t0 = len(self.clock.dit), time.perf_counter()
+        mel = sample_v5_chunks(self.sovits.cfm, fea_ref, fea_todo, mel2, start_noise, sampler)
+        self._sync()
+        stepped = sum(s.seconds for s in self.clock.dit[n0:])  # already in cfm_dit
+        self.clock.add("cfm_dit", time.perf_counter() - t0 - stepped)
+        return mel
+
+    def _vocode(self, mel: Any) -> int:
+        """The vocoder over a whole normalised mel; returns the number of samples."""
+        import torch
+
+        mel = torch.from_numpy(self.params.denormalize(mel.cpu().numpy())).to(self.device)
         t0 = time.perf_counter()
         wav = self.vocoder(mel)
         self._sync()

@@ -12,8 +12,8 @@ import click
 from gsv_runtime.errors import GsvError, InputError
 
 _VERSIONS = ["v1", "v2", "v2Pro", "v2ProPlus"]
-# gsv bench makes random v3/v4 voices too (gsv_bench.assets.RANDOM_VERSIONS).
-_BENCH_VERSIONS = [*_VERSIONS, "v3", "v4"]
+# gsv bench makes random v3/v4/v5 voices too (gsv_bench.assets.RANDOM_VERSIONS).
+_BENCH_VERSIONS = [*_VERSIONS, "v3", "v4", "v5dev", "v5turbo"]
 
 
 class _Group(click.Group):
@@ -888,11 +888,11 @@ def phonemize_cmd(
 @click.option("--threads", help="Comma-separated thread counts (0 = all cores).")
 @click.option("--batch", help="Comma-separated GPT batch sizes.")
 @click.option("--concurrency", help="Comma-separated numbers of requests in flight.")
-@click.option("--sample-steps", help="v3/v4: comma-separated flow-matching steps (e.g. 4,8,32).")
+@click.option("--sample-steps", help="v3/v4/v5: comma-separated flow-matching steps (e.g. 4,8,32).")
 @click.option(
     "--vocoder",
     type=click.Path(path_type=Path),
-    help="v3/v4 --bundle: upstream's vocoder (BigVGAN folder or vocoder.pth) for the torch "
+    help="v3/v4/v5 --bundle: upstream's vocoder (BigVGAN folder or vocoder.pth) for the torch "
     "baseline.",
 )
 @click.option("--warmup", type=int, help="Untimed requests per engine.")

@@ -22,21 +22,21 @@ from gsv_runtime.cli import bench_cmd
 TOKENS = 8
 
 
-@pytest.fixture(scope="module")
-def v4_assets(tiny_support: Path, ref_wav: Path, tmp_path_factory: pytest.TempPathFactory):
+def _cfm_assets(version: ModelVersion, support: Path, ref_wav: Path, tmp: Path):
+    """A tiny voice of ``version`` exported (ONNX) with its prepared bench voice."""
     torch.set_num_threads(2)
-    src = tmp_path_factory.mktemp("bench-cfm-src")
-    bundle = tmp_path_factory.mktemp("bench-cfm") / "v4.gsv"
+    src = tmp / "src"
     gpt = make_checkpoint("v2", "gpt", src / "gpt.ckpt")
-    sovits = make_v3_checkpoint(ModelVersion.V4, src / "v4.pth", seed=1)
+    sovits = make_v3_checkpoint(version, src / "sovits.pth", seed=1)
     vocoder = make_v4_vocoder(src / "vocoder.pth")
+    bundle = tmp / "voice.gsv"
     export_bundle(
         gpt,
         sovits,
         bundle,
         formats=["onnx"],
         vocoder=vocoder,
-        support=str(tiny_support),
+        support=str(support),
         verify=False,
         progress=lambda _: None,
     )
@@ -45,13 +45,18 @@ def v4_assets(tiny_support: Path, ref_wav: Path, tmp_path_factory: pytest.TempPa
         ref_wav=ref_wav,
         prompt_text="This is a reference.",
         prompt_lang="en",
-        support=tiny_support,
+        support=support,
         gpt=gpt,
         sovits=sovits,
         vocoder=vocoder,
         cache_dir=src / "cache",
         progress=lambda _: None,
     )
+
+
+@pytest.fixture(scope="module")
+def v4_assets(tiny_support: Path, ref_wav: Path, tmp_path_factory: pytest.TempPathFactory):
+    return _cfm_assets(ModelVersion.V4, tiny_support, ref_wav, tmp_path_factory.mktemp("v4"))
 
 
 def test_sample_steps_is_a_sweep_dimension() -> None:
@@ -137,3 +142,35 @@ def test_torch_baseline_chunks_a_long_target(v4_assets) -> None:
         samples = cfm.synthesize(codes, np.arange(5), voice, NoiseSource((0, 0)), 2)
     assert samples == 80 * cfm.params.hop
     assert [s.context for s in clock.dit] == [prompt + 30] * 2 + [60] * 2 + [50] * 2
+
+
+def test_torch_baseline_chunks_v5_as_synthesize_v5_mel(
+    tiny_support: Path, ref_wav: Path, tmp_path: Path
+) -> None:
+    """v5: chunks of min(1000 − R, 640) target frames, each behind the R reference frames."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from gsv_bench.timers import StageClock
+    from gsv_bench.torch_cfm import TorchCfm
+    from gsv_models.load import load_model
+    from gsv_runtime.acoustic import NoiseSource
+    from gsv_runtime.bundle import Bundle
+    from gsv_runtime.voice import Voice
+
+    assets = _cfm_assets(ModelVersion.V5TURBO, tiny_support, ref_wav, tmp_path)
+    audio = Bundle.load(assets.voice_dir).manifest.audio
+    voice = Voice.load(assets.voice_root, assets.voice_name)
+    assert voice.ref_mel.shape[1] > 300
+    voice = replace(voice, ref_mel=voice.ref_mel[:, :300])
+    clock = StageClock()
+    model = load_model(assets.sovits, "sovits")[1]
+    cfm = TorchCfm.load(model, assets.vocoder, audio, clock, "cpu")
+    assert cfm.params.tail_frames > 0
+    codes = np.random.default_rng(0).integers(0, 1024, 200)  # 800 frames: 640 + 160
+    with torch.no_grad():
+        samples = cfm.synthesize(codes, np.arange(5), voice, NoiseSource((0, 0)), 4)
+    assert samples == 800 * cfm.params.hop
+    # R = 300 reference frames (≤ 360 leaves a full 640-frame chunk) before every chunk
+    assert [s.context for s in clock.dit] == [300 + 640] * 4 + [300 + 160] * 4
