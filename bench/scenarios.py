@@ -149,7 +149,7 @@ class BenchPoint:
 def supported(point: BenchPoint) -> str | None:
     """Why this combination is not measured (None when it is)."""
     cpu_torch = point.engine == "torch" and point.device == "cpu"
-    if cpu_torch and point.precision not in ("fp32", "auto"):
+    if cpu_torch and point.precision != "fp32":
         return "the torch baseline runs fp32 on CPU"
     if point.engine == "onnxruntime" and point.precision == "bf16":
         return "onnxruntime has no bf16 graphs (bf16 is an OpenVINO inference hint)"
@@ -171,7 +171,7 @@ class Sweep:
 
     def points(self) -> list[BenchPoint]:
         """Every supported combination, in a stable order."""
-        out = []
+        out: list[BenchPoint] = []
         for combo in itertools.product(
             self.devices,
             self.batches,
@@ -182,9 +182,11 @@ class Sweep:
             self.engines,
         ):
             device, batch, conc, threads, steps, precision, engine = combo
+            if engine == "torch" and precision == "auto":
+                precision = "fp32"  # what the baseline runs; one point with an fp32 sweep
             point = BenchPoint(engine, device, precision, threads, batch, conc, steps)
             point.validate()
-            if supported(point) is None:
+            if supported(point) is None and point not in out:
                 out.append(point)
         return out
 

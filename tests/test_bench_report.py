@@ -183,6 +183,9 @@ def test_sweeps_drop_unsupported_points() -> None:
     assert "onnxruntime/cpu/bf16 t2 b1 c1" not in names  # no bf16 onnx graphs
     assert "torch/cpu/bf16 t2 b1 c1" not in names
     assert names.count("onnxruntime/cpu/fp32 t2 b1 c1") == 1
+    # the baseline runs fp32 whatever precision is asked: auto and fp32 are one torch point
+    both = [p.name for p in expand([Sweep(engines=("torch",), precisions=("auto", "fp32"))])]
+    assert both == ["torch/cpu/fp32 t2 b1 c1"]
     assert supported(BenchPoint("openvino", precision="bf16")) is None
     assert BenchPoint("onnxruntime", threads=2, concurrency=2).threads_per_worker == 1
     with pytest.raises(InputError, match="engine"):
