@@ -158,8 +158,8 @@ def _machines_table(records: Sequence[dict[str, Any]]) -> list[str]:
             seen.setdefault(r["machine"].get("machine_id", "?"), r["machine"])
     lines = [
         "| machine | CPU | ISA | cores (phys/logical) | GPU | OS | Python | versions | "
-        "read bandwidth |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "read bandwidth | last-level cache |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in seen.values():
         cpu = m.get("cpu", {})
@@ -170,7 +170,7 @@ def _machines_table(records: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {m.get('label')} | {cpu.get('model')} | {' '.join(cpu.get('isa', []))} | "
             f"{cpu.get('physical_cores')}/{cpu.get('logical_cores')} | {gpu} | {m.get('os')} | "
-            f"{m.get('python')} | {versions} | {bw_cell} |"
+            f"{m.get('python')} | {versions} | {bw_cell} | {cpu.get('last_level_cache') or '—'} |"
         )
     return lines
 

@@ -318,10 +318,10 @@ _RUNTIME_OPTIONS = [
     click.option("--threads", type=int, help="Intra-op threads per graph (default: all cores)."),
     click.option(
         "--precision",
-        default="fp32",
+        default="auto",
         show_default=True,
-        help="Graph variant: fp32, fp16, bf16 (OpenVINO), int8, auto (per stage from this CPU), "
-        "or per stage: gpt=int8,acoustic=bf16.",
+        help="Graph variant: auto (per stage, the fastest the bundle holds for this CPU), fp32, "
+        "fp16, bf16 (OpenVINO), int8, or per stage: gpt=int8,acoustic=bf16.",
     ),
     click.option(
         "--support",
@@ -716,7 +716,7 @@ def _tts_batch(
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads per graph.")
-@click.option("--precision", default="fp32", show_default=True)
+@click.option("--precision", default="auto", show_default=True)
 @click.option(
     "--ray",
     "use_ray",

@@ -151,9 +151,10 @@ class RuntimeConfig:
     """``cpu``, ``cuda``/``cuda:N`` (onnxruntime), or an OpenVINO device name."""
     threads: int | None = None
     """Intra-op threads per graph; None lets the backend use every core."""
-    precision: str = "fp32"
-    """Graph variant: fp32, fp16, bf16 (OpenVINO), int8, ``auto`` (per stage, from this CPU's
-    ISA) or per stage, e.g. ``gpt=int8,acoustic=bf16`` (see ``gsv_runtime.variants``)."""
+    precision: str = "auto"
+    """Graph variant: ``auto`` (per stage, from this CPU's ISA, among the variants the bundle
+    holds; fp32 for an fp32-only bundle and on non-CPU devices), fp32, fp16, bf16 (OpenVINO),
+    int8 or per stage, e.g. ``gpt=int8,acoustic=bf16`` (see ``gsv_runtime.variants``)."""
     cache_dir: str | None = field(default_factory=lambda: default_cache_dir())
     """OpenVINO compiled-model cache folder (None: none); see :func:`default_cache_dir`."""
 

@@ -41,7 +41,24 @@ def cpu_info() -> dict[str, Any]:
         "model": model,
         "logical_cores": os.cpu_count(),
         "isa": [f for f in _ISA_FLAGS if f in flags],
+        "last_level_cache": last_level_cache(),
     }
+
+
+def last_level_cache() -> str | None:
+    """Size of CPU 0's last-level cache as the kernel reports it (``32768K``), None if unknown.
+
+    Recorded because it decides the GPT step's ranking: a batch-1 step streams every weight
+    once, so int8 weights win where they do not fit in this cache (see ``gsv_runtime.variants``).
+    """
+    levels = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            levels.append((level, (index / "size").read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return max(levels)[1] if levels else None
 
 
 def backend_devices() -> dict[str, dict[str, Any]]:
@@ -73,7 +90,10 @@ def describe_machine() -> Iterator[str]:
     """Versions, platform, CPU flags, backends and devices."""
     cpu = cpu_info()
     yield f"gsv-rt {__version__}, Python {platform.python_version()}, {platform.platform()}"
-    yield f"CPU: {cpu['model']} ({cpu['logical_cores']} logical cores; {' '.join(cpu['isa'])})"
+    cache = f"; last-level cache {cpu['last_level_cache']}" if cpu["last_level_cache"] else ""
+    yield (
+        f"CPU: {cpu['model']} ({cpu['logical_cores']} logical cores; {' '.join(cpu['isa'])}{cache})"
+    )
     backends = backend_devices()
     if not backends:
         yield "backends: none installed (pip install onnxruntime or openvino)"

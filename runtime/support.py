@@ -64,7 +64,7 @@ class SupportModels:
         self.backend: BackendName = backend
         self.options = options or RunnerOptions()
         self.precisions: dict[str, str] = (
-            choose_support_precisions(bundle, backend, precision)
+            choose_support_precisions(bundle, backend, precision, self.options.device)
             if isinstance(precision, str)
             else dict(precision)
         )

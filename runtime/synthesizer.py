@@ -74,7 +74,7 @@ class Synthesizer:
         backend: str = "auto",
         device: str = "cpu",
         threads: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         support: str | Path | None = None,
         g2pw_dir: str | Path | None = None,
         engine: EngineConfig | None = None,

@@ -5,9 +5,12 @@ stage, e.g. ``gpt=int8,acoustic=bf16,support=bf16``. ``auto`` picks, per stage a
 first variant the bundle holds from an order set by this CPU's ISA, measured side by side on the
 2-core AVX-512-VNNI/BF16 EPYC of bench/results (full-size random weights, 2 threads):
 
-* GPT step: onnxruntime int8 with VNNI (8.1–9.8 vs 13.3–14.5 ms fp32 at context ≈ 600);
-  OpenVINO bf16 where the CPU has BF16 units (9.0–12.6 ms, never slower than int8 weights'
-  10.4–13.4 ms in four side-by-side pairings, and closer to fp32), int8 with VNNI alone;
+* GPT step: int8 weights with VNNI on both backends. The step at batch 1 streams every weight
+  once, so fewer bytes win where the weights do not fit in the last-level cache: on an EPYC
+  with a 32 MB L3, OpenVINO int8 9.8–12.7 ms vs bf16 13.5–16.2 ms at context 500–600 (three
+  interleaved rounds); onnxruntime int8 8.1–9.8 vs 13.3–14.5 ms fp32. (On a VM reporting a
+  480 MB L3, which holds the 305 MB fp32 GPT, OpenVINO bf16 was as fast as int8: 9.0–12.6 vs
+  10.4–13.4 ms.) OpenVINO bf16 where the CPU has BF16 units but no int8 dot products;
 * SoVITS decoder: OpenVINO bf16 (96 vs 148 ms per audio second for the fp32 decoder);
 * support graphs (HuBERT, BERT, SV): OpenVINO bf16 (2.0×, 2.3×, 1.8× fp32), onnxruntime int8
   (HuBERT 1.5×, BERT 2.8×; SV has no int8 and stays fp32).
@@ -60,9 +63,9 @@ _WHY: Final = {
     "onnxruntime-support-int8": "int8 dot-product units: BERT 2.8×, HuBERT 1.5× fp32 (VNNI; "
     "SV has no int8 and runs fp32)",
     "openvino-gpt-int8": "int8 dot-product units: a quarter of the fp32 weight bytes in the "
-    "memory-bound step (without BF16 units; with them bf16 measured as fast or faster)",
-    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32, and as fast as int8 "
-    "weights or faster (9.0–12.6 vs 10.4–13.4 ms at context 600, four pairings)",
+    "memory-bound step (9.8–12.7 ms vs bf16 13.5–16.2 at context 600, 32 MB L3)",
+    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32 (the choice where the "
+    "CPU has no int8 dot products)",
     "openvino-acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 96 ms per "
     "audio second vs 148 ms in fp32",
     "openvino-support-bf16": "BF16 units: HuBERT 2.0×, BERT 2.3×, SV 1.8× fp32",
@@ -78,7 +81,7 @@ def auto_explained(stage: str, backend: str, flags: frozenset[str]) -> tuple[tup
     ranked = {
         ("onnxruntime", "gpt"): [("int8", vnni)],
         ("onnxruntime", "support"): [("int8", vnni)],
-        ("openvino", "gpt"): [("bf16", bf16), ("int8", vnni)],
+        ("openvino", "gpt"): [("int8", vnni), ("bf16", bf16)],
         ("openvino", "acoustic"): [("bf16", bf16)],
         ("openvino", "support"): [("bf16", bf16)],
     }.get((backend, stage), [])
@@ -127,7 +130,15 @@ ACOUSTIC_GRAPHS: Final[dict[str, str]] = {"vits": "sovits_decoder", "cfm": "cfm_
 """The acoustic stage's deciding graph per family (``audio.family``)."""
 
 
-def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str, str]:
+def auto_flags(device: str) -> frozenset[str]:
+    """The ISA flags ``auto`` ranks by on ``device``: this CPU's on ``cpu``, none elsewhere
+    (the ranking was measured on CPUs; on a GPU or NPU ``auto`` runs fp32 until measured)."""
+    return cpu_flags() if device.lower() == "cpu" else frozenset()
+
+
+def choose_precisions(
+    bundle: Bundle, backend: str, requested: str, device: str = "cpu"
+) -> dict[str, str]:
     """The variant each stage runs for a precision request (see the module).
 
     ``auto`` takes, per stage, the first precision of :func:`auto_order` the bundle holds. A
@@ -149,7 +160,7 @@ def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str,
             graph = ACOUSTIC_GRAPHS.get(family, graph)
         held = [v.precision for v in bundle.graph(graph).variants if v.format == fmt]
         if wanted[stage] == "auto":
-            order = auto_order(stage, backend, cpu_flags())
+            order = auto_order(stage, backend, auto_flags(device))
             chosen[stage] = next((p for p in order if p in held), "fp32")
         elif wanted[stage] in held:
             chosen[stage] = wanted[stage]
@@ -179,7 +190,9 @@ def choose_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str,
     return chosen
 
 
-def choose_support_precisions(bundle: Bundle, backend: str, requested: str) -> dict[str, str]:
+def choose_support_precisions(
+    bundle: Bundle, backend: str, requested: str, device: str = "cpu"
+) -> dict[str, str]:
     """The variant each support graph (HuBERT, BERT, SV) runs for a precision request.
 
     The support stage follows the request as the voice's stages do, graph by graph: ``auto``
@@ -193,7 +206,7 @@ def choose_support_precisions(bundle: Bundle, backend: str, requested: str) -> d
     """
     fmt = "onnx" if backend == "onnxruntime" else "openvino"
     wanted = parse_precision(requested)["support"]
-    order = auto_order("support", backend, cpu_flags()) if wanted == "auto" else (wanted,)
+    order = auto_order("support", backend, auto_flags(device)) if wanted == "auto" else (wanted,)
     chosen = {}
     for name, spec in bundle.manifest.graphs.items():
         held = {v.precision for v in spec.variants if v.format == fmt}

@@ -24,7 +24,7 @@ def test_parse_precision() -> None:
 
 def test_auto_order_follows_the_isa() -> None:
     amx = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
-    assert auto_order("gpt", "openvino", amx) == ("bf16", "int8", "fp32")
+    assert auto_order("gpt", "openvino", amx) == ("int8", "bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx512_vnni"})) == ("int8", "fp32")
     assert auto_order("acoustic", "openvino", amx) == ("bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx2"})) == ("fp32",)
@@ -34,7 +34,7 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("support", "openvino", amx) == ("bf16", "fp32")
     assert auto_order("gpt", "onnxruntime", frozenset({"avx2"})) == ("fp32",)
     graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
-    assert auto_order("gpt", "openvino", graviton) == ("bf16", "int8", "fp32")
+    assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
     assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("fp32",)
 
 
@@ -68,3 +68,6 @@ def test_one_precision_is_a_preference_per_stage(tiny_bundle, tmp_path, caplog) 
         chosen = choose_precisions(Bundle.load(root), "onnxruntime", "int8")
     assert chosen == {"gpt": "int8", "acoustic": "fp32"}
     assert "the acoustic stage runs fp32" in caplog.text
+    # auto ranks by this CPU's ISA only on the CPU; another device runs fp32 until measured
+    gpu = choose_precisions(Bundle.load(root), "onnxruntime", "auto", device="cuda:0")
+    assert gpu == {"gpt": "fp32", "acoustic": "fp32"}

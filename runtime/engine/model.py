@@ -111,7 +111,7 @@ class VoiceModel:
         base_options = RunnerOptions(self.runtime.device, self.threads.frontend, cache_dir=cache)
         self.options = base_options
         precision = self.runtime.precision
-        self.precisions = choose_precisions(bundle, self.backend, precision)
+        self.precisions = choose_precisions(bundle, self.backend, precision, self.runtime.device)
         """The variant each stage runs (see ``gsv_runtime.variants``)."""
         self.t2s = load_t2s(
             bundle,

@@ -393,7 +393,7 @@ def app_builder(args: dict[str, str]) -> Any:
         backend=take("backend", default="auto"),
         device=take("device", default="cpu"),
         threads=take("threads", int),
-        precision=take("precision", default="fp32"),
+        precision=take("precision", default="auto"),
     )
     engine = EngineConfig(max_rows=take("max_rows", int))
     fields = RayServeOptions.__dataclass_fields__
