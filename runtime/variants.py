@@ -7,7 +7,7 @@ first variant the bundle holds from an order set by this CPU's ISA, measured sid
 
 * GPT step: int8 weights with VNNI on both backends. The step at batch 1 streams every weight
   once, so fewer bytes win where the weights do not fit in the last-level cache: on an EPYC
-  with a 32 MB L3, OpenVINO int8 9.8–12.7 ms vs bf16 13.5–16.2 ms at context 500–600 (three
+  with a 32 MB L3, OpenVINO int8 9.8–12.7 ms vs bf16 13.5–16.2 ms at context 500–600 (five
   interleaved rounds); onnxruntime int8 8.1–9.8 vs 13.3–14.5 ms fp32. (On a VM reporting a
   480 MB L3, which holds the 305 MB fp32 GPT, OpenVINO bf16 was as fast as int8: 9.0–12.6 vs
   10.4–13.4 ms.) OpenVINO bf16 where the CPU has BF16 units but no int8 dot products;
@@ -63,7 +63,7 @@ _WHY: Final = {
     "onnxruntime-support-int8": "int8 dot-product units: BERT 2.8×, HuBERT 1.5× fp32 (VNNI; "
     "SV has no int8 and runs fp32)",
     "openvino-gpt-int8": "int8 dot-product units: a quarter of the fp32 weight bytes in the "
-    "memory-bound step (9.8–12.7 ms vs bf16 13.5–16.2 at context 600, 32 MB L3)",
+    "memory-bound step (9.8–12.7 ms vs bf16 13.5–16.2 at context 500–600, 32 MB L3)",
     "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32 (the choice where the "
     "CPU has no int8 dot products)",
     "openvino-acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 96 ms per "
