@@ -348,14 +348,34 @@ def _synthesizer(
     support: Path | None,
     g2pw: Path | None,
     ja_userdict: Path | None,
+    warm_up: tuple[str, str] | None = None,
 ):  # type: ignore[no-untyped-def]
+    """Load the voice; ``warm_up`` (text, language) builds the text frontend it needs in a
+    thread meanwhile (see :func:`gsv_runtime.text.warm_up`)."""
+    import threading
+
     from gsv_runtime.synthesizer import Synthesizer
 
     if ja_userdict is not None:
         from gsv_runtime.text import load_ja_user_dictionary
 
         load_ja_user_dictionary(ja_userdict)
+    if warm_up is not None:
+        threading.Thread(
+            target=_warm_frontend, args=(bundle, *warm_up), name="gsv-warm-up", daemon=True
+        ).start()
     return Synthesizer.load(bundle, backend, device, threads, precision, support, g2pw)
+
+
+def _warm_frontend(bundle: Path, text: str, lang: str) -> None:
+    from gsv_runtime.bundle import Bundle
+    from gsv_runtime.text import warm_up
+
+    try:
+        version = str(Bundle.load(bundle).manifest.text.get("symbols_version", "v2"))
+    except GsvError:  # Synthesizer.load reports it
+        return
+    warm_up(text, lang, version)
 
 
 @main.group("voice")
@@ -402,7 +422,17 @@ def voice_add_cmd(
     ja_userdict: Path | None,
 ) -> None:
     """Prepare a reference once and store it in BUNDLE (no HuBERT or audio needed later)."""
-    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw, ja_userdict)
+    synth = _synthesizer(
+        bundle,
+        backend,
+        device,
+        threads,
+        precision,
+        support,
+        g2pw,
+        ja_userdict,
+        (prompt_text, prompt_lang) if prompt_text else None,
+    )
     voice = synth.voice(
         ref_audio,
         prompt_text,
@@ -569,7 +599,18 @@ def tts_cmd(
     }
     lines = _batch_lines(content, text_file, lang, options, voice_args) if per_line else None
     start = time.perf_counter()
-    synth = _synthesizer(bundle, backend, device, threads, precision, support, g2pw, ja_userdict)
+    first = lines[0][1] if lines else {"text": content, "lang": lang}
+    synth = _synthesizer(
+        bundle,
+        backend,
+        device,
+        threads,
+        precision,
+        support,
+        g2pw,
+        ja_userdict,
+        (first["text"], first["lang"]),
+    )
     loaded = time.perf_counter()
     if lines is not None:
         _tts_batch(synth, lines, voice_name, out, start, loaded)
