@@ -20,6 +20,7 @@ from gsv_runtime.variants import (
     auto_explained,
     choose_precisions,
     cpu_flags,
+    cpu_model,
 )
 
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -27,18 +28,9 @@ _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_
 
 def cpu_info() -> dict[str, Any]:
     """CPU model name, logical cores and the ISA flags that matter for inference."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
+    flags = cpu_flags()
     return {
-        "model": model,
+        "model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "isa": [f for f in _ISA_FLAGS if f in flags],
         "last_level_cache": last_level_cache(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import platform
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
@@ -37,16 +38,26 @@ bundle's (HuBERT, BERT, SV), chosen per graph by :func:`choose_support_precision
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The ISA flags of this CPU (empty where /proc/cpuinfo is not readable)."""
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The first ``/proc/cpuinfo`` value under one of ``keys`` (None: absent or unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return frozenset(value.split())
+            if key.strip() in keys:
+                return value.strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The ISA flags of this CPU (empty where /proc/cpuinfo is not readable)."""
+    return frozenset((_cpuinfo(("flags", "Features")) or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the machine type where /proc/cpuinfo does not say)."""
+    return _cpuinfo(("model name",)) or platform.processor() or platform.machine()
 
 
 BF16_FLAGS: Final = frozenset({"avx512_bf16", "amx_bf16", "bf16"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,28 @@ class RunnerOptions:
     precision_hint: str = "f32"
     """OpenVINO inference precision (f32 for parity; bf16/f16 for speed where supported)."""
     cache_dir: Path | None = None
-    """OpenVINO compiled-model cache (None: compile on every load). A graph's blobs go to a
-    subfolder keyed by its files' path, size and mtime, so a re-exported bundle never meets a
-    stale blob."""
+    """Compiled-model cache (None: compile on every load): OpenVINO's compiled blobs and
+    onnxruntime's optimised graphs, each in a subfolder from :func:`cache_folder`."""
+
+
+def cache_folder(root: Path, graph: Path, salt: str = "") -> Path:
+    """Where ``graph``'s compiled form is cached under ``root``.
+
+    Keyed by the identity (path, size, mtime) of the graph and its weight files (the ``.bin``
+    beside an IR, the ``*.data`` beside an ONNX graph) and by ``salt`` (what else the compiled
+    form depends on), so a re-exported bundle never meets a stale entry.
+    """
+    if graph.suffix == ".xml":
+        weights = [graph.with_suffix(".bin")]
+    else:
+        weights = sorted(graph.parent.glob("*.data"))
+    parts = [salt]
+    for f in (graph, *weights):
+        if f.exists():
+            st = f.stat()
+            parts.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+    return root / f"{graph.stem}-{key}"
 
 
 def available_backends() -> list[BackendName]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,22 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from gsv_runtime.backends import RunnerOptions
+from gsv_runtime.backends import RunnerOptions, cache_folder
 from gsv_runtime.errors import BackendError, first_line
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def cache_folder(root: Path, graph: Path) -> Path:
-    """Where ``graph``'s compiled blobs are cached: keyed by its files' identity (path, size,
-    mtime), which changes whenever the graph is written again."""
-    parts = []
-    for f in (graph, graph.with_suffix(".bin")):
-        if f.exists():
-            st = f.stat()
-            parts.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
-    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-    return root / f"{graph.stem}-{key}"
 
 
 def compile_model(
