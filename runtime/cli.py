@@ -350,32 +350,17 @@ def _synthesizer(
     ja_userdict: Path | None,
     warm_up: tuple[str, str] | None = None,
 ):  # type: ignore[no-untyped-def]
-    """Load the voice; ``warm_up`` (text, language) builds the text frontend it needs in a
-    thread meanwhile (see :func:`gsv_runtime.text.warm_up`)."""
-    import threading
-
+    """Load the voice; ``warm_up`` (text, language) is prepared meanwhile (see
+    :class:`~gsv_runtime.engine.model.VoiceModel`)."""
     from gsv_runtime.synthesizer import Synthesizer
 
     if ja_userdict is not None:
         from gsv_runtime.text import load_ja_user_dictionary
 
         load_ja_user_dictionary(ja_userdict)
-    if warm_up is not None:
-        threading.Thread(
-            target=_warm_frontend, args=(bundle, *warm_up), name="gsv-warm-up", daemon=True
-        ).start()
-    return Synthesizer.load(bundle, backend, device, threads, precision, support, g2pw)
-
-
-def _warm_frontend(bundle: Path, text: str, lang: str) -> None:
-    from gsv_runtime.bundle import Bundle
-    from gsv_runtime.text import warm_up
-
-    try:
-        version = str(Bundle.load(bundle).manifest.text.get("symbols_version", "v2"))
-    except GsvError:  # Synthesizer.load reports it
-        return
-    warm_up(text, lang, version)
+    return Synthesizer.load(
+        bundle, backend, device, threads, precision, support, g2pw, warm_up=warm_up
+    )
 
 
 @main.group("voice")

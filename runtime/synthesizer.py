@@ -57,14 +57,15 @@ class Synthesizer:
         *,
         threads: StageThreads | None = None,
         engine: EngineConfig | None = None,
+        warm_up: tuple[str, str] | None = None,
     ) -> None:
-        """Compile the voice's graphs (see :class:`VoiceModel`); the engine starts on the
-        first request.
+        """Compile the voice's graphs (see :class:`VoiceModel`, also for ``warm_up``); the
+        engine starts on the first request.
 
         Raises:
             BundleError, BackendError: the bundle or backend cannot run here.
         """
-        self.model = VoiceModel(bundle, runtime, support, g2pw_dir, threads)
+        self.model = VoiceModel(bundle, runtime, support, g2pw_dir, threads, warm_up)
         self.engine = Engine({"default": self.model}, engine)
 
     @classmethod
@@ -78,12 +79,15 @@ class Synthesizer:
         support: str | Path | None = None,
         g2pw_dir: str | Path | None = None,
         engine: EngineConfig | None = None,
+        warm_up: tuple[str, str] | None = None,
     ) -> Synthesizer:
         """Open a voice bundle directory (see :class:`Synthesizer`)."""
         runtime = RuntimeConfig(
             backend=backend, device=device, threads=threads, precision=precision
         )
-        return cls(Bundle.load(voice_dir), runtime, support, g2pw_dir, engine=engine)
+        return cls(
+            Bundle.load(voice_dir), runtime, support, g2pw_dir, engine=engine, warm_up=warm_up
+        )
 
     def close(self) -> None:
         """Stop the engine's threads (requests in flight fail with RequestCancelledError)."""

@@ -28,6 +28,7 @@ from gsv_runtime.errors import (
 from gsv_runtime.gpt.decode import DecodeBatch, DecodeRow, LiveRow
 from gsv_runtime.gpt.sampling import SamplingParams
 from gsv_runtime.gpt.t2s import load_t2s
+from gsv_runtime.support import SupportModels
 from gsv_runtime.synthesizer import Synthesizer
 
 TEXTS = [
@@ -360,3 +361,31 @@ def test_seeds_change_sampled_tokens(synth: Synthesizer, voices) -> None:
     ]
     assert not np.array_equal(runs[0].samples, runs[1].samples)
     np.testing.assert_array_equal(runs[0].samples, runs[2].samples)
+
+
+def test_warm_up_prepares_the_first_request_while_loading(tiny_bundle, voices) -> None:
+    """A warm-up text's frontend and BERT are ready when the load returns, and the request
+    gives the same audio as without the warm-up."""
+    cold = Synthesizer.load(tiny_bundle("v2"), backend="onnxruntime", threads=1)
+    warm = Synthesizer.load(
+        tiny_bundle("v2"), backend="onnxruntime", threads=1, warm_up=(TEXTS[0], "zh")
+    )
+    try:
+        assert "bert" in warm.model.support._runners  # built during the load
+        assert not isinstance(cold.model._support, SupportModels)  # opened on first use
+        a = cold.synthesize(TEXTS[0], "zh", voices[0], seed=3).samples
+        b = warm.synthesize(TEXTS[0], "zh", voices[0], seed=3).samples
+        np.testing.assert_array_equal(a, b)
+    finally:
+        cold.close()
+        warm.close()
+
+
+def test_failed_warm_up_leaves_the_error_to_the_request(tiny_bundle, voices) -> None:
+    s = Synthesizer.load(tiny_bundle("v2"), backend="onnxruntime", warm_up=("hello", "xx"))
+    try:
+        with pytest.raises(InputError, match="language"):
+            s.synthesize("hello", "xx", voices[0])
+        assert len(s.synthesize(TEXTS[2], "zh", voices[0], seed=1).samples) > 0
+    finally:
+        s.close()

@@ -398,37 +398,7 @@ def test_heuristic_tagger_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert meta["en_pos_tagger"] in (POS_HEURISTIC, "nltk-averaged-perceptron")
 
 
-# --- warm-up and lazy data -----------------------------------------------------------------------
-
-
-@needs_extras
-def test_warm_up_builds_the_frontends_the_request_reuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    """warm_up builds each language's G2P once; the real request finds them built."""
-    from gsv_runtime.text import frontend, warm_up
-
-    built: list[str] = []
-    build = frontend._build_g2p
-
-    def counting_build(lang: str, version: str, g2pw: object) -> object:
-        built.append(lang)
-        return build(lang, version, g2pw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(frontend._Registry, "_cache", {})
-    monkeypatch.setattr(frontend, "_build_g2p", counting_build)
-    warm_up("Hello there, 你好。", "zh")
-    assert sorted(built) == ["en", "zh"]
-    phonemize("Hello there, 你好。", "zh")
-    assert sorted(built) == ["en", "zh"]
-
-
-def test_warm_up_leaves_errors_to_the_request() -> None:
-    """A text or language the request will refuse does not raise in the warm-up thread."""
-    from gsv_runtime.text import warm_up
-
-    warm_up("hello", "xx")
-    warm_up("", "en")
-    with pytest.raises(InputError):
-        phonemize("hello", "xx")
+# --- lazily read data -----------------------------------------------------------------------------
 
 
 @needs_extras

@@ -10,6 +10,7 @@ SoVITS prompt/reference graphs), the model's GPT thread owns ``t2s``, the acoust
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from gsv_runtime.variants import choose_precisions
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
+
+WARM_UP_CHARS = 200
+"""How much of a warm-up text is prepared: enough to meet its first languages."""
 
 HUBERT_PAD_SECONDS = 0.3
 """Upstream appends int(sovits_rate × 0.3) zeros to the 16 kHz reference (0.6 s at 16 kHz)."""
@@ -86,6 +90,7 @@ class VoiceModel:
         support: Any = None,
         g2pw_dir: str | Path | None = None,
         threads: StageThreads | None = None,
+        warm_up: tuple[str, str] | None = None,
     ) -> None:
         """Compile the voice's graphs.
 
@@ -96,6 +101,10 @@ class VoiceModel:
                 voice bundle names (it is opened lazily, only when HuBERT/BERT/SV is needed).
             g2pw_dir: local G2PWModel folder for Chinese polyphones (optional).
             threads: per-stage threads (default: ``runtime.threads`` for every stage).
+            warm_up: (text, language) of a likely first request: its text frontend and BERT
+                graph are prepared in a thread while the voice's graphs compile (a new
+                process spends 1-3 s building dictionaries and loading BERT). A failure there
+                is only logged; the request meets it again and reports it.
 
         Raises:
             BundleError, BackendError: the bundle or backend cannot run here.
@@ -113,18 +122,6 @@ class VoiceModel:
         precision = self.runtime.precision
         self.precisions = choose_precisions(bundle, self.backend, precision, self.runtime.device)
         """The variant each stage runs (see ``gsv_runtime.variants``)."""
-        self.t2s = load_t2s(
-            bundle,
-            self.backend,
-            replace(base_options, threads=self.threads.gpt),
-            self.precisions["gpt"],
-        )
-        self.acoustic: AcousticStage = load_acoustic(
-            bundle,
-            self.backend,
-            replace(base_options, threads=self.threads.acoustic),
-            self.precisions["acoustic"],
-        )
         self._support = support
         manifest = bundle.manifest
         self.sample_rate = int(manifest.audio["sample_rate"])
@@ -135,6 +132,34 @@ class VoiceModel:
         self.bert_dim = int(manifest.text.get("bert_dim", 1024))
         self.g2pw = self._load_g2pw(g2pw_dir) if g2pw_dir is not None else None
         """g2pW polyphone predictor for Chinese (None: pypinyin decides)."""
+        warming = None
+        if warm_up is not None:
+            warming = threading.Thread(
+                target=self._warm_up, args=warm_up, name="gsv-warm-up", daemon=True
+            )
+            warming.start()
+        try:
+            self.t2s = load_t2s(
+                bundle,
+                self.backend,
+                replace(base_options, threads=self.threads.gpt),
+                self.precisions["gpt"],
+            )
+            self.acoustic: AcousticStage = load_acoustic(
+                bundle,
+                self.backend,
+                replace(base_options, threads=self.threads.acoustic),
+                self.precisions["acoustic"],
+            )
+        finally:
+            if warming is not None:  # the support graphs are the frontend thread's once built
+                warming.join()
+
+    def _warm_up(self, text: str, lang: str) -> None:
+        try:
+            self.frontend(text[:WARM_UP_CHARS], lang, SynthesisConfig())
+        except Exception:  # reported by the real request, in its context
+            _LOGGER.debug("warm-up of %r failed", lang, exc_info=True)
 
     @property
     def sovits(self) -> Any:

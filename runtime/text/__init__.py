@@ -12,7 +12,6 @@ from gsv_runtime.text.frontend import (
     phonemize,
     phonemize_prompt,
     phonemize_segment,
-    warm_up,
 )
 from gsv_runtime.text.ja import load_user_dictionary as load_ja_user_dictionary
 from gsv_runtime.text.lang import LANGUAGE_MODES
@@ -38,5 +37,4 @@ __all__ = [
     "phones_to_ids",
     "split_text",
     "symbols_for",
-    "warm_up",
 ]

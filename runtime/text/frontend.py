@@ -6,7 +6,6 @@ and ``text/cleaner.py`` (``clean_text``, ``clean_special``), minus BERT (see ``P
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -17,8 +16,6 @@ from gsv_runtime.errors import InputError
 from gsv_runtime.text.lang import check_mode, pieces_for_mode
 from gsv_runtime.text.segment import SPLITS, split_text
 from gsv_runtime.text.symbols import phones_to_ids, symbol_table_name, symbols_for
-
-_LOGGER = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gsv_runtime.text.zh_g2pw import G2PW
@@ -339,21 +336,3 @@ def phonemize_prompt(
     table = symbol_table_name(symbols_version)
     predictor = _g2pw(g2pw) if table == "v2" else None
     return phonemize_segment(text, mode, table, g2pw=predictor)
-
-
-WARM_UP_CHARS: Final = 200
-"""How much of a text :func:`warm_up` phonemises: enough to meet its first languages."""
-
-
-def warm_up(text: str, lang: str, symbols_version: str = "v2") -> None:
-    """Phonemise the start of ``text`` once and drop the result, so that what it needs is built
-    (dictionaries, tokenizers, the language detector: 1-2 s on first use, once per process).
-
-    Meant to run in a thread beside the graph loading (``gsv tts`` does): the frontends are
-    thread-safe and cached, so the real request reuses them. A failure is only logged: the
-    real request meets it again and reports it.
-    """
-    try:
-        phonemize(text[:WARM_UP_CHARS], lang, symbols_version)
-    except Exception:  # reported by the real request, in its context
-        _LOGGER.debug("frontend warm-up of %r failed", lang, exc_info=True)
