@@ -104,7 +104,9 @@ class VoiceModel:
             warm_up: (text, language) of a likely first request: its text frontend and BERT
                 graph are prepared in a thread while the voice's graphs compile (a new
                 process spends 1-3 s building dictionaries and loading BERT). A failure there
-                is only logged; the request meets it again and reports it.
+                is only logged; the request meets it again and reports it. Leave it None when
+                ``support`` is a ``SupportModels`` a running engine also uses (its graphs are
+                not thread-safe).
 
         Raises:
             BundleError, BackendError: the bundle or backend cannot run here.
