@@ -21,7 +21,13 @@ pytest.importorskip("fastapi")
 
 from gsv_runtime.config import RuntimeConfig  # noqa: E402
 from gsv_runtime.engine import Engine, EngineConfig  # noqa: E402
-from gsv_runtime.server import ServerSettings, create_app, load_catalog, make_server  # noqa: E402
+from gsv_runtime.server import (  # noqa: E402
+    ServerSettings,
+    create_app,
+    load_catalog,
+    make_server,
+    warm_up,
+)
 from gsv_runtime.synthesizer import Synthesizer  # noqa: E402
 
 PROMPT = "这是一段参考音频。"
@@ -38,6 +44,8 @@ class Running:
 
     def __init__(self, bundle: Path, allow: Path, **engine: object) -> None:
         catalog = load_catalog(None, [bundle], RuntimeConfig(backend="onnxruntime", threads=1))
+        warm_up(catalog)
+        self.catalog = catalog
         self.engine = Engine(dict(catalog.models), EngineConfig(**engine))  # type: ignore[arg-type]
         app = create_app(self.engine, catalog, ServerSettings(allow_dirs=(allow,)))
         self.port = _free_port()
@@ -74,6 +82,13 @@ def served(tiny_bundle, ref_wav: Path, tmp_path_factory: pytest.TempPathFactory)
 def _wav(body: bytes) -> tuple[np.ndarray, int]:
     data, rate = sf.read(io.BytesIO(body), dtype="int16")
     return data, rate
+
+
+def test_server_starts_warm(served) -> None:
+    """The voices' prompt language (zh) had its frontend and BERT prepared before serving."""
+    running, _ = served
+    (model,) = running.catalog.models.values()
+    assert "bert" in model.support._runners
 
 
 def test_api_v2_docstring_examples(served) -> None:

@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from gsv_runtime.server.app import ServerSettings, create_app
-from gsv_runtime.server.voices import VoiceCatalog, load_catalog
+from gsv_runtime.server.voices import VoiceCatalog, load_catalog, warm_up
 
-__all__ = ["ServerSettings", "VoiceCatalog", "create_app", "load_catalog", "make_server"]
+__all__ = [
+    "ServerSettings",
+    "VoiceCatalog",
+    "create_app",
+    "load_catalog",
+    "make_server",
+    "warm_up",
+]
 
 
 def make_server(

@@ -128,3 +128,25 @@ def _entry(name: str, entry: Any, base: Path, model_for: Any, where: Path) -> Se
         str(entry.get("prompt_lang", "zh")),
         options,
     )
+
+
+def warm_up(catalog: VoiceCatalog) -> None:
+    """Prepare each model for its first voice's prompt language (text frontend, BERT graph), so
+    that a new server's first request does not pay the 1-3 s of dictionaries and graph loading.
+
+    Call it before an engine runs the models (the support graphs then belong to the engine's
+    frontend thread). Models opened elsewhere (Ray replicas) are left alone.
+    """
+    warmed: set[str] = set()
+    for voice in catalog.voices.values():
+        model = catalog.models.get(voice.model)
+        if voice.model in warmed or not isinstance(model, VoiceModel):
+            continue
+        text, lang = (
+            (voice.voice.prompt_text, voice.voice.prompt_lang)
+            if voice.voice is not None
+            else (voice.prompt_text, voice.prompt_lang)
+        )
+        if text.strip():
+            model.warm_up(text, lang)
+            warmed.add(voice.model)
