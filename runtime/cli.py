@@ -785,7 +785,7 @@ def serve_cmd(
     """Serve voices over HTTP: upstream api_v2 (/tts) and OpenAI (/v1/audio/speech)."""
     from gsv_runtime.config import RuntimeConfig
     from gsv_runtime.engine import Engine, EngineConfig
-    from gsv_runtime.server import ServerSettings, create_app, load_catalog, make_server, warm_up
+    from gsv_runtime.server import ServerSettings, create_app, load_catalog, make_server
 
     if voices_file is None and not bundles:
         raise InputError("give --voices voices.toml or -m BUNDLE")
@@ -821,7 +821,6 @@ def serve_cmd(
         run_local(app, host, port, ray_address)
         return
     catalog = load_catalog(voices_file, list(bundles), runtime)
-    warm_up(catalog)
     engine = Engine(dict(catalog.models), EngineConfig(max_queued=max_queued, max_rows=max_rows))
     settings = ServerSettings(allow_dirs=tuple(allow_dirs), api_key=api_key)
     server = make_server(create_app(engine, catalog, settings), host, port)

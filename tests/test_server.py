@@ -21,13 +21,7 @@ pytest.importorskip("fastapi")
 
 from gsv_runtime.config import RuntimeConfig  # noqa: E402
 from gsv_runtime.engine import Engine, EngineConfig  # noqa: E402
-from gsv_runtime.server import (  # noqa: E402
-    ServerSettings,
-    create_app,
-    load_catalog,
-    make_server,
-    warm_up,
-)
+from gsv_runtime.server import ServerSettings, create_app, load_catalog, make_server  # noqa: E402
 from gsv_runtime.synthesizer import Synthesizer  # noqa: E402
 
 PROMPT = "这是一段参考音频。"
@@ -44,7 +38,6 @@ class Running:
 
     def __init__(self, bundle: Path, allow: Path, **engine: object) -> None:
         catalog = load_catalog(None, [bundle], RuntimeConfig(backend="onnxruntime", threads=1))
-        warm_up(catalog)
         self.catalog = catalog
         self.engine = Engine(dict(catalog.models), EngineConfig(**engine))  # type: ignore[arg-type]
         app = create_app(self.engine, catalog, ServerSettings(allow_dirs=(allow,)))
@@ -85,7 +78,7 @@ def _wav(body: bytes) -> tuple[np.ndarray, int]:
 
 
 def test_server_starts_warm(served) -> None:
-    """The voices' prompt language (zh) had its frontend and BERT prepared before serving."""
+    """The model was loaded warm for its first voice's prompt language (zh: BERT ready)."""
     running, _ = served
     (model,) = running.catalog.models.values()
     assert "bert" in model.support._runners

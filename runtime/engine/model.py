@@ -137,7 +137,7 @@ class VoiceModel:
         warming = None
         if warm_up is not None:
             warming = threading.Thread(
-                target=self.warm_up, args=warm_up, name="gsv-warm-up", daemon=True
+                target=self._warm_up, args=warm_up, name="gsv-warm-up", daemon=True
             )
             warming.start()
         try:
@@ -157,10 +157,7 @@ class VoiceModel:
             if warming is not None:  # the support graphs are the frontend thread's once built
                 warming.join()
 
-    def warm_up(self, text: str, lang: str) -> None:
-        """Prepare what a request for ``text`` in ``lang`` needs (frontend, BERT graph) and drop
-        the result; a failure is only logged. Runs on the thread that owns the support graphs:
-        the constructor's warm-up thread, or the caller's before an engine runs this model."""
+    def _warm_up(self, text: str, lang: str) -> None:
         try:
             self.frontend(text[:WARM_UP_CHARS], lang, SynthesisConfig())
         except Exception:  # reported by the real request, in its context

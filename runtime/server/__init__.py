@@ -5,16 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from gsv_runtime.server.app import ServerSettings, create_app
-from gsv_runtime.server.voices import VoiceCatalog, load_catalog, warm_up
+from gsv_runtime.server.voices import VoiceCatalog, load_catalog
 
-__all__ = [
-    "ServerSettings",
-    "VoiceCatalog",
-    "create_app",
-    "load_catalog",
-    "make_server",
-    "warm_up",
-]
+__all__ = ["ServerSettings", "VoiceCatalog", "create_app", "load_catalog", "make_server"]
 
 
 def make_server(

@@ -166,9 +166,11 @@ class EngineReplicaBase:
 
     async def open(self, model_id: str) -> _LoadedModel:
         from gsv_runtime.engine import VoiceModel
+        from gsv_runtime.server.voices import first_prompt
 
         def compile_bundle() -> VoiceModel:
-            return VoiceModel(Bundle.load(Path(model_id)), self.runtime)
+            folder = Path(model_id)
+            return VoiceModel(Bundle.load(folder), self.runtime, warm_up=first_prompt(folder))
 
         model = await asyncio.to_thread(compile_bundle)
         self.engine.add_model(model_id, model)

@@ -78,7 +78,10 @@ def load_catalog(
             nor a reference, an unknown option.
         BundleError, BackendError: a bundle that cannot run here.
     """
-    catalog = VoiceCatalog(open_model=open_model or (lambda b: VoiceModel(Bundle.load(b), runtime)))
+    catalog = VoiceCatalog(
+        open_model=open_model
+        or (lambda b: VoiceModel(Bundle.load(b), runtime, warm_up=first_prompt(b)))
+    )
 
     def model_for(bundle: Path) -> str:
         name = _model_name(bundle)
@@ -130,23 +133,12 @@ def _entry(name: str, entry: Any, base: Path, model_for: Any, where: Path) -> Se
     )
 
 
-def warm_up(catalog: VoiceCatalog) -> None:
-    """Prepare each model for its first voice's prompt language (text frontend, BERT graph), so
-    that a new server's first request does not pay the 1-3 s of dictionaries and graph loading.
-
-    Call it before an engine runs the models (the support graphs then belong to the engine's
-    frontend thread). Models opened elsewhere (Ray replicas) are left alone.
-    """
-    warmed: set[str] = set()
-    for voice in catalog.voices.values():
-        model = catalog.models.get(voice.model)
-        if voice.model in warmed or not isinstance(model, VoiceModel):
-            continue
-        text, lang = (
-            (voice.voice.prompt_text, voice.voice.prompt_lang)
-            if voice.voice is not None
-            else (voice.prompt_text, voice.prompt_lang)
-        )
-        if text.strip():
-            model.warm_up(text, lang)
-            warmed.add(voice.model)
+def first_prompt(bundle: Path) -> tuple[str, str] | None:
+    """(prompt text, language) of the first voice saved in ``bundle``, if any: what a server
+    prepares a model for while it loads (``VoiceModel(warm_up=...)``), so that its first
+    request does not pay 1-3 s of dictionaries and BERT loading."""
+    for name in saved_voices(bundle):
+        voice = Voice.load(bundle, name)
+        if voice.prompt_text.strip():
+            return voice.prompt_text, voice.prompt_lang
+    return None
