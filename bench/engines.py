@@ -270,6 +270,7 @@ class RuntimeEngine:
             "t2s_design": self.synth.t2s.design,
             "t2s_precision": self.synth.t2s.precision,
             "stage_precisions": dict(self.synth.model.precisions),
+            "stage_backends": dict(self.synth.model.backends),
             "device": runtime_device(self.point.engine, self.point.device),
             **_cfm_steps(self.synth.sovits, self.point.sample_steps),
         }

@@ -129,10 +129,12 @@ def aggregate(
     point: BenchPoint,
     bandwidth: float,
     gpt_precision: str | None = None,
+    gpt_backend: str | None = None,
 ) -> dict[str, Any]:
     """Medians and spread over the timed passes, plus the per-step GPT figures.
 
-    ``gpt_precision`` is the variant the GPT really ran (``auto`` resolves per stage).
+    ``gpt_precision`` and ``gpt_backend`` are the variant and backend the GPT really ran
+    (``auto`` resolves per stage).
     """
     walls = [p["wall_s"] for p in passes]
     audio = [sum(r["audio_s"] for r in p["requests"]) for p in passes]
@@ -174,7 +176,8 @@ def aggregate(
     if dit:
         metrics["cfm"] = cfm_metrics(dit, stage_sums, audio, len(passes))
     if steps and t2s:
-        w_bytes, kv_bytes = value_bytes(point.engine, gpt_precision or point.precision)
+        engine = gpt_backend or point.engine
+        w_bytes, kv_bytes = value_bytes(engine, gpt_precision or point.precision)
         batch = sum(s[1] for s in steps) / len(steps)
         context = sum(s[2] for s in steps) / len(steps)
         step_bytes = gpt_step_bytes(t2s, w_bytes, batch, context, kv_bytes)
@@ -225,7 +228,8 @@ def cfm_metrics(
 def _not_installed(engine: str) -> str | None:
     import importlib.util
 
-    if importlib.util.find_spec(engine) is not None:
+    modules = ("onnxruntime", "openvino") if engine == "auto" else (engine,)
+    if any(importlib.util.find_spec(m) is not None for m in modules):
         return None
     extra = "gsv-rt[export]" if engine == "torch" else engine
     return f"{engine} is not installed (pip install {extra})"
@@ -310,7 +314,14 @@ def run_point(
             "load_cold_s": cold,
             "load_warm_s": warm,
             "reference": reference,
-            **aggregate(passes, t2s, point, bandwidth, effective.get("t2s_precision")),
+            **aggregate(
+                passes,
+                t2s,
+                point,
+                bandwidth,
+                effective.get("t2s_precision"),
+                effective.get("stage_backends", {}).get("gpt"),
+            ),
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": gpu.peak_mb,
         },

@@ -10,8 +10,9 @@ from typing import Any, Final
 
 from gsv_runtime.errors import InputError
 
-ENGINES: Final = ("torch", "onnxruntime", "openvino")
-"""``torch`` is the PyTorch-eager baseline (gsv_models, upstream-equivalent numerics)."""
+ENGINES: Final = ("torch", "onnxruntime", "openvino", "auto")
+"""``torch`` is the PyTorch-eager baseline (gsv_models, upstream-equivalent numerics);
+``auto`` is the runtime's default, a backend per stage (``gsv info --system``)."""
 DEVICES: Final = ("cpu", "gpu")
 PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8", "auto")
 """``auto`` runs what the runtime picks per stage on this CPU (``gsv info --system``)."""
@@ -151,6 +152,8 @@ def supported(point: BenchPoint) -> str | None:
     cpu_torch = point.engine == "torch" and point.device == "cpu"
     if cpu_torch and point.precision != "fp32":
         return "the torch baseline runs fp32 on CPU"
+    if point.engine == "auto" and point.device != "cpu":
+        return "auto ranks the backends on the CPU; name one for the GPU"
     if point.engine == "onnxruntime" and point.precision == "bf16":
         return "onnxruntime has no bf16 graphs (bf16 is an OpenVINO inference hint)"
     return None

@@ -307,7 +307,11 @@ def printable(text: str) -> str:
 
 _RUNTIME_OPTIONS = [
     click.option(
-        "--backend", default="auto", show_default=True, help="auto, onnxruntime or openvino."
+        "--backend",
+        default="auto",
+        show_default=True,
+        help="auto (per stage, the fastest installed for this CPU), onnxruntime, openvino, or "
+        "per stage: gpt=onnxruntime,acoustic=openvino.",
     ),
     click.option(
         "--device",
@@ -908,7 +912,10 @@ def phonemize_cmd(
 @click.option("--langs", help="Built-in texts: comma-separated en, zh, ja, ko.")
 @click.option("--sentences", type=int, help="Use the first N sentences of each built-in text.")
 @click.option("--fixed-length", type=int, help="Decode N tokens per sentence (EOS masked).")
-@click.option("--engines", help="Comma-separated: torch, onnxruntime, openvino.")
+@click.option(
+    "--engines",
+    help="Comma-separated: torch, onnxruntime, openvino, auto (the runtime's backend per stage).",
+)
 @click.option("--devices", help="Comma-separated: cpu, gpu.")
 @click.option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8, auto.")
 @click.option("--threads", help="Comma-separated thread counts (0 = all cores).")

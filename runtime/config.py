@@ -145,8 +145,9 @@ class RuntimeConfig:
     """How to run a bundle: backend, device, threads and graph precision."""
 
     backend: str = "auto"
-    """``auto`` (OpenVINO on CPU when the bundle has its graphs and it is installed, else
-    onnxruntime), ``onnxruntime`` or ``openvino``."""
+    """``auto`` (per stage, from this CPU's ISA, among the installed backends whose graphs the
+    bundle holds: see ``gsv_runtime.variants``), ``onnxruntime``, ``openvino``, or per stage,
+    e.g. ``gpt=onnxruntime,acoustic=openvino``."""
     device: str = "cpu"
     """``cpu``, ``cuda``/``cuda:N`` (onnxruntime), or an OpenVINO device name."""
     threads: int | None = None

@@ -18,6 +18,7 @@ from gsv_runtime.variants import (
     PRECISIONS,
     STAGES,
     auto_explained,
+    backend_order,
     choose_precisions,
     cpu_flags,
     cpu_model,
@@ -94,8 +95,13 @@ def describe_machine() -> Iterator[str]:
 
 
 def describe_choices() -> Iterator[str]:
-    """What ``--precision auto`` runs per backend and stage on this CPU, and why."""
+    """What ``--backend auto`` and ``--precision auto`` run per stage on this CPU, and why."""
     flags = cpu_flags()
+    yield "backend auto on this CPU (first installed one whose graphs a bundle holds):"
+    for stage in STAGES:
+        ranked = backend_order(stage, flags)
+        best, why = ranked[0]
+        yield f"  {stage}: {best} ({why}); then {', '.join(b for b, _ in ranked[1:])}"
     yield "precision auto on this CPU (first variant a bundle holds, best first):"
     for backend in backend_devices():
         for stage in STAGES:

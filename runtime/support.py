@@ -22,10 +22,21 @@ from typing import Any, Final
 import numpy as np
 
 from gsv_runtime.audio_features import sv_fbank
-from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
+from gsv_runtime.backends import (
+    BackendName,
+    GraphRunner,
+    RunnerOptions,
+    available_backends,
+    make_runner,
+)
 from gsv_runtime.bundle import Bundle, check_graph_io, inside
 from gsv_runtime.errors import BundleError, InputError
-from gsv_runtime.variants import choose_support_precisions, variant_options
+from gsv_runtime.variants import (
+    bundle_formats,
+    choose_backend,
+    choose_support_precisions,
+    variant_options,
+)
 
 HUBERT_PAD_SAMPLES: Final = 9600
 """Zeros upstream appends to the 16 kHz reference before HuBERT (0.3 s × 32 kHz, see
@@ -76,19 +87,25 @@ class SupportModels:
     def load(
         cls,
         root: str | Path,
-        backend: BackendName = "onnxruntime",
+        backend: str = "onnxruntime",
         options: RunnerOptions | None = None,
         precision: str | Mapping[str, str] = "fp32",
     ) -> SupportModels:
-        """Open the support bundle at ``root`` (see the class arguments).
+        """Open the support bundle at ``root`` (see the class arguments; ``backend`` may also be
+        ``auto``: see :func:`~gsv_runtime.variants.choose_backend`).
 
         Raises:
             BundleError: missing, altered, not a bundle, or not a support bundle.
+            BackendError: the backend is not installed or the bundle has no graphs for it.
         """
         bundle = Bundle.load(root)
         if bundle.manifest.kind != "support":
             raise BundleError(f"{root}: a {bundle.manifest.kind} bundle is not a support bundle")
-        return cls(bundle, backend, options, precision)
+        device = options.device if options is not None else "cpu"
+        chosen = choose_backend(
+            "support", backend, bundle_formats(bundle), available_backends(), device
+        )
+        return cls(bundle, chosen, options, precision)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------ plumbing
 

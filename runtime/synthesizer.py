@@ -32,7 +32,6 @@ from gsv_runtime.engine import (
     SynthesisRequest,
     VoiceModel,
 )
-from gsv_runtime.engine.model import resolve_backend
 from gsv_runtime.gpt.decode import DecodeRow, decode
 from gsv_runtime.voice import Voice
 
@@ -41,7 +40,6 @@ __all__ = [
     "AudioResult",
     "SegmentInput",
     "Synthesizer",
-    "resolve_backend",
 ]
 
 

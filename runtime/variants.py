@@ -1,4 +1,15 @@
-"""Which stored variant each stage runs: one place for the precision choice.
+"""Which backend and stored variant each stage runs: one place for both choices.
+
+A backend request is ``onnxruntime`` or ``openvino`` for every stage, ``auto``, or per stage,
+e.g. ``gpt=onnxruntime,acoustic=openvino`` (stages left out: ``auto``). ``auto`` picks, per
+stage, the first backend of :func:`backend_order` that is installed and whose graphs the bundle
+holds. On a CPU with int8 dot products the GPT runs on onnxruntime (its grouped-query attention
+writes a preallocated cache in place, and the step grows less with the context than OpenVINO's
+fused stateful attention: int8, batch 1, two interleaved rounds on a 32 MB-L3 EPYC, 10.5–12.2 ms
+vs 12.3–15.3 ms at contexts 220–1070); with BF16 units the SoVITS decoder and the support graphs
+run on OpenVINO in bf16. End to end (500 forced tokens, three interleaved rounds): GPT on
+onnxruntime + the rest on OpenVINO RTF 0.403–0.432, all OpenVINO 0.455–0.528, all onnxruntime
+0.563–0.583. Elsewhere (no such units, or a device other than the CPU) onnxruntime comes first.
 
 A precision request is ``fp32``/``fp16``/``bf16``/``int8`` for every stage, ``auto``, or per
 stage, e.g. ``gpt=int8,acoustic=bf16,support=bf16``. ``auto`` picks, per stage and backend, the
@@ -21,17 +32,21 @@ from __future__ import annotations
 import functools
 import logging
 import platform
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
 from gsv_runtime.backends import RunnerOptions
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import BundleError, InputError
+from gsv_runtime.errors import BackendError, BundleError, InputError
 
 _LOGGER = logging.getLogger(__name__)
 
 PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
+BACKEND_NAMES: Final = ("onnxruntime", "openvino")
+BACKEND_FORMATS: Final = {"onnxruntime": "onnx", "openvino": "openvino"}
+"""The graph format each backend runs."""
 STAGES: Final = ("gpt", "acoustic", "support")
 """The GPT and the acoustic stage run the voice bundle's graphs; ``support`` the support
 bundle's (HuBERT, BERT, SV), chosen per graph by :func:`choose_support_precisions`."""
@@ -107,6 +122,108 @@ def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ..
     return tuple(precision for precision, _ in auto_explained(stage, backend, flags))
 
 
+def parse_backend(spec: str) -> dict[str, str]:
+    """``auto`` / ``openvino`` / ``gpt=onnxruntime,acoustic=openvino`` → a backend (or
+    ``auto``) per stage (a stage a per-stage request leaves out is ``auto``).
+
+    Raises:
+        InputError: an unknown stage or backend.
+    """
+    per = dict.fromkeys(STAGES, "auto" if "=" in spec else spec.strip())
+    if "=" in spec:
+        for part in spec.split(","):
+            stage, _, value = part.partition("=")
+            if stage.strip() not in STAGES:
+                raise InputError(f"backend: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+            per[stage.strip()] = value.strip()
+    for stage, value in per.items():
+        if value not in (*BACKEND_NAMES, "auto"):
+            raise InputError(
+                f"unknown backend {value!r} for {stage}; accepted: auto, "
+                f"{', '.join(BACKEND_NAMES)} (or per stage: gpt=onnxruntime,acoustic=openvino)"
+            )
+    return per
+
+
+_BACKEND_WHY: Final = {
+    "gpt-onnxruntime": "int8 dot-product units: grouped-query attention on an in-place cache "
+    "(step 10.5–12.2 ms vs OpenVINO 12.3–15.3 at contexts 220–1070, int8)",
+    "acoustic-openvino": "BF16 units: the bf16 SoVITS decoder (134 vs 281 ms per audio second "
+    "for onnxruntime's fp32 on the 32 MB-L3 EPYC)",
+    "support-openvino": "BF16 units: bf16 HuBERT/BERT/SV (HuBERT 205 vs 254 ms for onnxruntime "
+    "int8)",
+    "default": "the first installed backend whose graphs the bundle holds",
+}
+
+
+def backend_order(stage: str, flags: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """Backends ``auto`` tries for a stage on a CPU with ``flags``, best first, with why."""
+    preferred = None
+    if stage == "gpt" and flags & INT8_DOT_FLAGS:
+        preferred = "onnxruntime"
+    elif stage in ("acoustic", "support") and flags & BF16_FLAGS:
+        preferred = "openvino"
+    if preferred is None:
+        return tuple((b, _BACKEND_WHY["default"]) for b in BACKEND_NAMES)
+    other = next(b for b in BACKEND_NAMES if b != preferred)
+    return ((preferred, _BACKEND_WHY[f"{stage}-{preferred}"]), (other, _BACKEND_WHY["default"]))
+
+
+def bundle_formats(bundle: Bundle, stage: str | None = None) -> set[str]:
+    """Graph formats ``bundle`` holds: for a voice ``stage``, those of the graph that decides it
+    on each backend (:data:`STAGE_GRAPHS`); for ``None``, those of any graph."""
+    graphs = bundle.manifest.graphs
+    if stage is None:
+        return {v.format for spec in graphs.values() for v in spec.variants}
+    family = str(bundle.manifest.audio.get("family", "vits"))
+    found = set()
+    for backend, fmt in BACKEND_FORMATS.items():
+        name = STAGE_GRAPHS[backend][stage]
+        if stage == "acoustic":
+            name = ACOUSTIC_GRAPHS.get(family, name)
+        if name in graphs and any(v.format == fmt for v in graphs[name].variants):
+            found.add(fmt)
+    return found
+
+
+def _takes_device(backend: str, device: str) -> bool:
+    kind = device.lower().partition(":")[0]
+    return kind in ("cpu", "cuda") if backend == "onnxruntime" else kind != "cuda"
+
+
+def choose_backend(
+    stage: str, requested: str, formats: set[str], installed: list[str], device: str = "cpu"
+) -> str:
+    """The backend ``stage`` runs: the one requested for it (from :func:`parse_backend`), or
+    under ``auto`` the first of :func:`backend_order` that is installed and whose graph format
+    (``formats``: what the bundle holds for this stage) is there.
+
+    Raises:
+        BackendError: the requested backend is not installed or the bundle has no graphs for
+            it; under ``auto``, nothing installed can run the stage.
+    """
+    if requested != "auto":
+        if requested not in installed:
+            raise BackendError(f"backend {requested} is not installed (pip install {requested})")
+        if BACKEND_FORMATS[requested] not in formats:
+            raise BackendError(
+                f"the bundle has no {BACKEND_FORMATS[requested]} graphs for the {stage} stage "
+                f"(it holds: {', '.join(sorted(formats)) or 'none'})"
+            )
+        return requested
+    for backend, _ in backend_order(stage, auto_flags(device)):
+        if (
+            backend in installed
+            and BACKEND_FORMATS[backend] in formats
+            and _takes_device(backend, device)
+        ):
+            return backend
+    raise BackendError(
+        f"no installed backend can run the {stage} stage on {device} (installed: "
+        f"{', '.join(installed) or 'none'}; bundle formats: {', '.join(sorted(formats))})"
+    )
+
+
 def parse_precision(spec: str) -> dict[str, str]:
     """``fp32`` / ``auto`` / ``gpt=int8,acoustic=bf16`` → a precision (or ``auto``) per stage
     (a stage a per-stage request leaves out runs fp32).
@@ -148,9 +265,10 @@ def auto_flags(device: str) -> frozenset[str]:
 
 
 def choose_precisions(
-    bundle: Bundle, backend: str, requested: str, device: str = "cpu"
+    bundle: Bundle, backend: str | Mapping[str, str], requested: str, device: str = "cpu"
 ) -> dict[str, str]:
-    """The variant each stage runs for a precision request (see the module).
+    """The variant each stage runs for a precision request (see the module), on one backend or
+    a backend per stage (``{"gpt": "onnxruntime", "acoustic": "openvino"}``).
 
     ``auto`` takes, per stage, the first precision of :func:`auto_order` the bundle holds. A
     per-stage request (``gpt=int8``) is a demand: a stage the bundle lacks it for is an error.
@@ -161,23 +279,27 @@ def choose_precisions(
         InputError: a malformed request.
         BundleError: a demanded variant is missing (the message names what the bundle holds).
     """
-    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    backends = {s: backend for s in ("gpt", "acoustic")} if isinstance(backend, str) else backend
     wanted = parse_precision(requested)
     demanded = "=" in requested
     chosen: dict[str, str] = {}
     family = str(bundle.manifest.audio.get("family", "vits"))
-    for stage, graph in STAGE_GRAPHS[backend].items():
+    for stage in ("gpt", "acoustic"):
+        on = backends[stage]
+        graph = STAGE_GRAPHS[on][stage]
         if stage == "acoustic":
             graph = ACOUSTIC_GRAPHS.get(family, graph)
-        held = [v.precision for v in bundle.graph(graph).variants if v.format == fmt]
+        held = [
+            v.precision for v in bundle.graph(graph).variants if v.format == BACKEND_FORMATS[on]
+        ]
         if wanted[stage] == "auto":
-            order = auto_order(stage, backend, auto_flags(device))
+            order = auto_order(stage, on, auto_flags(device))
             chosen[stage] = next((p for p in order if p in held), "fp32")
         elif wanted[stage] in held:
             chosen[stage] = wanted[stage]
         elif demanded:
             raise BundleError(
-                f"{bundle.root}: {graph} has no {backend} {wanted[stage]} variant (it holds "
+                f"{bundle.root}: {graph} has no {on} {wanted[stage]} variant (it holds "
                 f"{', '.join(sorted(held)) or 'none'}); choose one of those, auto, or re-export "
                 f"with --precision {wanted[stage]}"
             )
@@ -185,8 +307,9 @@ def choose_precisions(
             chosen[stage] = "fp32"
     single = wanted["gpt"]
     if not demanded and single != "auto" and single not in chosen.values():
+        on = "/".join(sorted(set(backends.values())))
         raise BundleError(
-            f"{bundle.root}: no stage has a {backend} {single} variant; re-export with "
+            f"{bundle.root}: no stage has a {on} {single} variant; re-export with "
             f"--precision {single}, or ask for auto"
         )
     for stage, precision in chosen.items():
@@ -194,7 +317,7 @@ def choose_precisions(
             _LOGGER.warning(
                 "%s has no %s %s variant; the %s stage runs fp32",
                 bundle.root,
-                backend,
+                backends[stage],
                 single,
                 stage,
             )

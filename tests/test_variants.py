@@ -1,12 +1,21 @@
-"""Per-stage precision choice: parsing, auto by ISA, what a bundle holds."""
+"""Per-stage backend and precision choice: parsing, auto by ISA, what a bundle holds."""
 
 from __future__ import annotations
+
+from unittest.mock import patch
 
 import pytest
 
 from gsv_runtime.bundle import Bundle
-from gsv_runtime.errors import BundleError, InputError
-from gsv_runtime.variants import auto_order, choose_precisions, parse_precision
+from gsv_runtime.errors import BackendError, BundleError, InputError
+from gsv_runtime.variants import (
+    auto_order,
+    backend_order,
+    choose_backend,
+    choose_precisions,
+    parse_backend,
+    parse_precision,
+)
 
 
 def test_parse_precision() -> None:
@@ -71,3 +80,62 @@ def test_one_precision_is_a_preference_per_stage(tiny_bundle, tmp_path, caplog) 
     # auto ranks by this CPU's ISA only on the CPU; another device runs fp32 until measured
     gpu = choose_precisions(Bundle.load(root), "onnxruntime", "auto", device="cuda:0")
     assert gpu == {"gpt": "fp32", "acoustic": "fp32"}
+
+
+def test_parse_backend() -> None:
+    assert parse_backend("auto") == dict.fromkeys(("gpt", "acoustic", "support"), "auto")
+    assert parse_backend("openvino") == dict.fromkeys(("gpt", "acoustic", "support"), "openvino")
+    assert parse_backend("gpt=onnxruntime,acoustic=openvino") == {
+        "gpt": "onnxruntime",
+        "acoustic": "openvino",
+        "support": "auto",
+    }
+    for bad in ("tensorrt", "vocoder=openvino", "gpt=torch", ""):
+        with pytest.raises(InputError):
+            parse_backend(bad)
+
+
+def test_backend_order_follows_the_isa() -> None:
+    epyc = frozenset({"avx512f", "avx512_vnni", "avx512_bf16"})
+    assert [b for b, _ in backend_order("gpt", epyc)] == ["onnxruntime", "openvino"]
+    assert [b for b, _ in backend_order("acoustic", epyc)] == ["openvino", "onnxruntime"]
+    assert [b for b, _ in backend_order("support", epyc)] == ["openvino", "onnxruntime"]
+    for stage in ("gpt", "acoustic", "support"):  # no measured reason: the default order
+        assert [b for b, _ in backend_order(stage, frozenset({"avx2"}))] == [
+            "onnxruntime",
+            "openvino",
+        ]
+
+
+def test_choose_backend_per_stage() -> None:
+    both, epyc = ["onnxruntime", "openvino"], frozenset({"avx512_vnni", "avx512_bf16"})
+    formats = {"onnx", "openvino"}
+    with patch("gsv_runtime.variants.cpu_flags", return_value=epyc):
+        assert choose_backend("gpt", "auto", formats, both) == "onnxruntime"
+        assert choose_backend("acoustic", "auto", formats, both) == "openvino"
+        assert choose_backend("acoustic", "auto", {"onnx"}, both) == "onnxruntime"
+        assert choose_backend("acoustic", "auto", formats, ["onnxruntime"]) == "onnxruntime"
+        # off the CPU nothing is ranked by ISA, and each backend takes only its devices
+        assert choose_backend("acoustic", "auto", formats, both, "cuda:0") == "onnxruntime"
+        assert choose_backend("gpt", "auto", formats, both, "GPU") == "openvino"
+    assert choose_backend("gpt", "openvino", formats, both) == "openvino"
+    with pytest.raises(BackendError, match="not installed"):
+        choose_backend("gpt", "openvino", formats, ["onnxruntime"])
+    with pytest.raises(BackendError, match="no openvino graphs"):
+        choose_backend("gpt", "openvino", {"onnx"}, both)
+    with pytest.raises(BackendError, match="no installed backend"):
+        choose_backend("gpt", "auto", {"openvino"}, ["onnxruntime"])
+
+
+def test_voice_model_runs_a_backend_per_stage(tiny_bundle) -> None:
+    """A per-stage request puts each stage on its backend and names both."""
+    from gsv_runtime.config import RuntimeConfig
+    from gsv_runtime.engine import VoiceModel
+
+    runtime = RuntimeConfig(backend="gpt=onnxruntime,acoustic=openvino", threads=1)
+    model = VoiceModel(Bundle.load(tiny_bundle("v2")), runtime)
+    assert model.backends == {"gpt": "onnxruntime", "acoustic": "openvino"}
+    assert model.t2s.design in ("gqa", "canonical")
+    assert model.backend == "gpt=onnxruntime,acoustic=openvino"
+    support = model.support  # auto: this CPU's ranking among what the support bundle holds
+    assert model.backends["support"] == support.backend in ("onnxruntime", "openvino")

@@ -23,9 +23,9 @@ from gsv_runtime.audio_features import linear_spectrogram
 from gsv_runtime.backends import BackendName, RunnerOptions, available_backends
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import RuntimeConfig, SynthesisConfig
-from gsv_runtime.errors import BackendError, BundleError, InputError
+from gsv_runtime.errors import BundleError, InputError
 from gsv_runtime.gpt.t2s import load_t2s
-from gsv_runtime.variants import choose_precisions
+from gsv_runtime.variants import bundle_formats, choose_backend, choose_precisions, parse_backend
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -55,33 +55,8 @@ class StageThreads:
     frontend: int | None = None
 
 
-def resolve_backend(requested: str, bundle: Bundle) -> BackendName:
-    """``auto`` → onnxruntime when the bundle has ONNX graphs and it is installed, else OpenVINO.
-
-    Raises:
-        BackendError: nothing installed can run the bundle.
-    """
-    formats = {v.format for spec in bundle.manifest.graphs.values() for v in spec.variants}
-    installed = available_backends()
-    if requested != "auto":
-        if requested not in ("onnxruntime", "openvino"):
-            raise BackendError(
-                f"unknown backend {requested!r}; accepted: auto, onnxruntime, openvino"
-            )
-        if requested not in installed:
-            raise BackendError(f"backend {requested} is not installed (pip install {requested})")
-        return requested  # type: ignore[return-value]
-    for backend, fmt in (("onnxruntime", "onnx"), ("openvino", "openvino")):
-        if backend in installed and fmt in formats:
-            return backend  # type: ignore[return-value]
-    raise BackendError(
-        f"no installed backend can run {bundle.root} (installed: {installed or 'none'}; "
-        f"bundle formats: {sorted(formats)})"
-    )
-
-
 class VoiceModel:
-    """A voice bundle (and, when needed, its support bundle) compiled on one backend."""
+    """A voice bundle (and, when needed, its support bundle) compiled on a backend per stage."""
 
     def __init__(
         self,
@@ -115,16 +90,30 @@ class VoiceModel:
             raise BundleError(f"{bundle.root}: a {bundle.manifest.kind} bundle is not a voice")
         self.bundle = bundle
         self.runtime = runtime or RuntimeConfig()
-        self.backend = resolve_backend(self.runtime.backend, bundle)
+        self._backend_request = parse_backend(self.runtime.backend)
+        installed = available_backends()
+        self.backends: dict[str, BackendName] = {
+            stage: choose_backend(  # type: ignore[misc]
+                stage,
+                self._backend_request[stage],
+                bundle_formats(bundle, stage),
+                installed,
+                self.runtime.device,
+            )
+            for stage in ("gpt", "acoustic")
+        }
+        """The backend each stage runs (``support`` joins when the support bundle opens)."""
         base = self.runtime.threads
         self.threads = threads or StageThreads(base, base, base)
         cache = Path(self.runtime.cache_dir) if self.runtime.cache_dir else None
         base_options = RunnerOptions(self.runtime.device, self.threads.frontend, cache_dir=cache)
         self.options = base_options
         precision = self.runtime.precision
-        self.precisions = choose_precisions(bundle, self.backend, precision, self.runtime.device)
+        self.precisions = choose_precisions(bundle, self.backends, precision, self.runtime.device)
         """The variant each stage runs (see ``gsv_runtime.variants``)."""
         self._support = support
+        if hasattr(support, "backend"):  # an opened SupportModels
+            self.backends["support"] = support.backend
         manifest = bundle.manifest
         self.sample_rate = int(manifest.audio["sample_rate"])
         self.ref_sample_rate = int(manifest.audio.get("ref_sample_rate", self.sample_rate))
@@ -143,13 +132,13 @@ class VoiceModel:
         try:
             self.t2s = load_t2s(
                 bundle,
-                self.backend,
+                self.backends["gpt"],
                 replace(base_options, threads=self.threads.gpt),
                 self.precisions["gpt"],
             )
             self.acoustic: AcousticStage = load_acoustic(
                 bundle,
-                self.backend,
+                self.backends["acoustic"],
                 replace(base_options, threads=self.threads.acoustic),
                 self.precisions["acoustic"],
             )
@@ -162,6 +151,15 @@ class VoiceModel:
             self.frontend(text[:WARM_UP_CHARS], lang, SynthesisConfig())
         except Exception:  # reported by the real request, in its context
             _LOGGER.debug("warm-up of %r failed", lang, exc_info=True)
+
+    @property
+    def backend(self) -> str:
+        """The backend name, or per stage (``gpt=onnxruntime,acoustic=openvino``) when the
+        stages run on different ones."""
+        names = set(self.backends.values())
+        if len(names) == 1:
+            return names.pop()
+        return ",".join(f"{stage}={name}" for stage, name in self.backends.items())
 
     @property
     def sovits(self) -> Any:
@@ -194,13 +192,16 @@ class VoiceModel:
             raise BundleError(f"{self.bundle.root}: support.path must be relative: {path!r}")
         else:
             root = self.bundle.root / path
-        support = SupportModels.load(root, self.backend, self.options, self.runtime.precision)
+        support = SupportModels.load(
+            root, self._backend_request["support"], self.options, self.runtime.precision
+        )
         if "bert" in support.bundle.manifest.graphs and support.bert_dim != self.bert_dim:
             raise BundleError(
                 f"{root}: its BERT gives {support.bert_dim}-d features, the voice expects "
                 f"{self.bert_dim}"
             )
         self._support = support
+        self.backends["support"] = support.backend
         return self._support
 
     def _load_g2pw(self, folder: str | Path) -> Any:
