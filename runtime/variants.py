@@ -169,9 +169,10 @@ def backend_order(stage: str, flags: frozenset[str]) -> tuple[tuple[str, str], .
     return ((preferred, _BACKEND_WHY[f"{stage}-{preferred}"]), (other, _BACKEND_WHY["default"]))
 
 
-def bundle_formats(bundle: Bundle, stage: str | None = None) -> set[str]:
+def bundle_formats(bundle: Bundle, stage: str | None = None, precision: str = "auto") -> set[str]:
     """Graph formats ``bundle`` holds: for a voice ``stage``, those of the graph that decides it
-    on each backend (:data:`STAGE_GRAPHS`); for ``None``, those of any graph."""
+    on each backend (:data:`STAGE_GRAPHS`), and only those holding ``precision`` unless it is
+    ``auto``; for ``None``, those of any graph."""
     graphs = bundle.manifest.graphs
     if stage is None:
         return {v.format for spec in graphs.values() for v in spec.variants}
@@ -181,7 +182,8 @@ def bundle_formats(bundle: Bundle, stage: str | None = None) -> set[str]:
         name = STAGE_GRAPHS[backend][stage]
         if stage == "acoustic":
             name = ACOUSTIC_GRAPHS.get(family, name)
-        if name in graphs and any(v.format == fmt for v in graphs[name].variants):
+        variants = graphs[name].variants if name in graphs else ()
+        if any(v.format == fmt and precision in ("auto", v.precision) for v in variants):
             found.add(fmt)
     return found
 

@@ -11,6 +11,7 @@ from gsv_runtime.errors import BackendError, BundleError, InputError
 from gsv_runtime.variants import (
     auto_order,
     backend_order,
+    bundle_formats,
     choose_backend,
     choose_precisions,
     parse_backend,
@@ -139,3 +140,26 @@ def test_voice_model_runs_a_backend_per_stage(tiny_bundle) -> None:
     assert model.backend == "gpt=onnxruntime,acoustic=openvino"
     support = model.support  # auto: this CPU's ranking among what the support bundle holds
     assert model.backends["support"] == support.backend in ("onnxruntime", "openvino")
+
+
+def test_named_precision_steers_the_auto_backend(tiny_bundle, tmp_path) -> None:
+    """``--precision bf16`` with ``--backend auto``: the GPT goes where a bf16 variant is
+    (OpenVINO), not to the backend ``auto`` ranks first for the GPT (onnxruntime)."""
+    import json
+    import shutil
+
+    root = tmp_path / "voice"
+    shutil.copytree(tiny_bundle("v2"), root)
+    manifest = json.loads((root / "bundle.json").read_text())
+    variants = manifest["graphs"]["t2s_decoder"]["variants"]
+    variants.append({**variants[0], "precision": "bf16"})  # metadata only: nothing compiles
+    (root / "bundle.json").write_text(json.dumps(manifest))
+    bundle = Bundle.load(root)
+    assert bundle_formats(bundle, "gpt") == {"onnx", "openvino"}
+    assert bundle_formats(bundle, "gpt", "bf16") == {"openvino"}
+    assert bundle_formats(bundle, "acoustic", "bf16") == set()  # VoiceModel then ignores it
+    both, epyc = ["onnxruntime", "openvino"], frozenset({"avx512_vnni", "avx512_bf16"})
+    with patch("gsv_runtime.variants.cpu_flags", return_value=epyc):
+        assert choose_backend("gpt", "auto", bundle_formats(bundle, "gpt"), both) == "onnxruntime"
+        steered = choose_backend("gpt", "auto", bundle_formats(bundle, "gpt", "bf16"), both)
+        assert steered == "openvino"

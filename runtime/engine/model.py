@@ -25,7 +25,13 @@ from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import RuntimeConfig, SynthesisConfig
 from gsv_runtime.errors import BundleError, InputError
 from gsv_runtime.gpt.t2s import load_t2s
-from gsv_runtime.variants import bundle_formats, choose_backend, choose_precisions, parse_backend
+from gsv_runtime.variants import (
+    bundle_formats,
+    choose_backend,
+    choose_precisions,
+    parse_backend,
+    parse_precision,
+)
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -92,11 +98,13 @@ class VoiceModel:
         self.runtime = runtime or RuntimeConfig()
         self._backend_request = parse_backend(self.runtime.backend)
         installed = available_backends()
+        wanted = parse_precision(self.runtime.precision)
         self.backends: dict[str, BackendName] = {
             stage: choose_backend(  # type: ignore[misc]
                 stage,
                 self._backend_request[stage],
-                bundle_formats(bundle, stage),
+                # a precision asked for by name steers auto to a backend holding it
+                bundle_formats(bundle, stage, wanted[stage]) or bundle_formats(bundle, stage),
                 installed,
                 self.runtime.device,
             )
