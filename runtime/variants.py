@@ -122,6 +122,28 @@ def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ..
     return tuple(precision for precision, _ in auto_explained(stage, backend, flags))
 
 
+def _per_stage(spec: str, kind: str, omitted: str, accepted: tuple[str, ...]) -> dict[str, str]:
+    """``value`` for every stage, or ``stage=value,...`` (a stage left out gets ``omitted``).
+
+    Raises:
+        InputError: an unknown stage, or a value not in ``accepted``.
+    """
+    per = dict.fromkeys(STAGES, spec.strip() if "=" not in spec else omitted)
+    if "=" in spec:
+        for part in spec.split(","):
+            stage, _, value = part.partition("=")
+            if stage.strip() not in STAGES:
+                raise InputError(f"{kind}: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+            per[stage.strip()] = value.strip()
+    for stage, value in per.items():
+        if value not in accepted:
+            raise InputError(
+                f"unknown {kind} {value!r} for {stage}; accepted: {', '.join(accepted)}, "
+                "or one per stage (gpt=...,acoustic=...,support=...)"
+            )
+    return per
+
+
 def parse_backend(spec: str) -> dict[str, str]:
     """``auto`` / ``openvino`` / ``gpt=onnxruntime,acoustic=openvino`` → a backend (or
     ``auto``) per stage (a stage a per-stage request leaves out is ``auto``).
@@ -129,20 +151,17 @@ def parse_backend(spec: str) -> dict[str, str]:
     Raises:
         InputError: an unknown stage or backend.
     """
-    per = dict.fromkeys(STAGES, "auto" if "=" in spec else spec.strip())
-    if "=" in spec:
-        for part in spec.split(","):
-            stage, _, value = part.partition("=")
-            if stage.strip() not in STAGES:
-                raise InputError(f"backend: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-            per[stage.strip()] = value.strip()
-    for stage, value in per.items():
-        if value not in (*BACKEND_NAMES, "auto"):
-            raise InputError(
-                f"unknown backend {value!r} for {stage}; accepted: auto, "
-                f"{', '.join(BACKEND_NAMES)} (or per stage: gpt=onnxruntime,acoustic=openvino)"
-            )
-    return per
+    return _per_stage(spec, "backend", "auto", ("auto", *BACKEND_NAMES))
+
+
+def parse_precision(spec: str) -> dict[str, str]:
+    """``fp32`` / ``auto`` / ``gpt=int8,acoustic=bf16`` → a precision (or ``auto``) per stage
+    (a stage a per-stage request leaves out runs fp32).
+
+    Raises:
+        InputError: an unknown stage or precision.
+    """
+    return _per_stage(spec, "precision", "fp32", ("auto", *PRECISIONS))
 
 
 _BACKEND_WHY: Final = {
@@ -176,12 +195,9 @@ def bundle_formats(bundle: Bundle, stage: str | None = None, precision: str = "a
     graphs = bundle.manifest.graphs
     if stage is None:
         return {v.format for spec in graphs.values() for v in spec.variants}
-    family = str(bundle.manifest.audio.get("family", "vits"))
     found = set()
     for backend, fmt in BACKEND_FORMATS.items():
-        name = STAGE_GRAPHS[backend][stage]
-        if stage == "acoustic":
-            name = ACOUSTIC_GRAPHS.get(family, name)
+        name = stage_graph(bundle, backend, stage)
         variants = graphs[name].variants if name in graphs else ()
         if any(v.format == fmt and precision in ("auto", v.precision) for v in variants):
             found.add(fmt)
@@ -226,31 +242,6 @@ def choose_backend(
     )
 
 
-def parse_precision(spec: str) -> dict[str, str]:
-    """``fp32`` / ``auto`` / ``gpt=int8,acoustic=bf16`` → a precision (or ``auto``) per stage
-    (a stage a per-stage request leaves out runs fp32).
-
-    Raises:
-        InputError: an unknown stage or precision.
-    """
-    if "=" not in spec:
-        per = dict.fromkeys(STAGES, spec.strip())
-    else:
-        per = dict.fromkeys(STAGES, "fp32")
-        for part in spec.split(","):
-            stage, _, value = part.partition("=")
-            if stage.strip() not in STAGES:
-                raise InputError(f"precision: unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-            per[stage.strip()] = value.strip()
-    for stage, value in per.items():
-        if value not in (*PRECISIONS, "auto"):
-            raise InputError(
-                f"precision for {stage} must be one of {', '.join(PRECISIONS)} or auto, "
-                f"got {value!r}"
-            )
-    return per
-
-
 STAGE_GRAPHS: Final[dict[str, dict[str, str]]] = {
     "onnxruntime": {"gpt": "t2s_prefill", "acoustic": "sovits_decoder"},
     "openvino": {"gpt": "t2s_decoder", "acoustic": "sovits_decoder"},
@@ -258,6 +249,15 @@ STAGE_GRAPHS: Final[dict[str, dict[str, str]]] = {
 """The graph whose variants decide a stage's precision, per backend."""
 ACOUSTIC_GRAPHS: Final[dict[str, str]] = {"vits": "sovits_decoder", "cfm": "cfm_step"}
 """The acoustic stage's deciding graph per family (``audio.family``)."""
+
+
+def stage_graph(bundle: Bundle, backend: str, stage: str) -> str:
+    """The graph whose variants decide a voice stage on ``backend`` (the acoustic one by the
+    bundle's family)."""
+    name = STAGE_GRAPHS[backend][stage]
+    if stage == "acoustic":
+        return ACOUSTIC_GRAPHS.get(str(bundle.manifest.audio.get("family", "vits")), name)
+    return name
 
 
 def auto_flags(device: str) -> frozenset[str]:
@@ -285,12 +285,9 @@ def choose_precisions(
     wanted = parse_precision(requested)
     demanded = "=" in requested
     chosen: dict[str, str] = {}
-    family = str(bundle.manifest.audio.get("family", "vits"))
     for stage in ("gpt", "acoustic"):
         on = backends[stage]
-        graph = STAGE_GRAPHS[on][stage]
-        if stage == "acoustic":
-            graph = ACOUSTIC_GRAPHS.get(family, graph)
+        graph = stage_graph(bundle, on, stage)
         held = [
             v.precision for v in bundle.graph(graph).variants if v.format == BACKEND_FORMATS[on]
         ]
