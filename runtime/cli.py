@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -337,33 +338,40 @@ _RUNTIME_OPTIONS = [
 ]
 
 
+_RUNTIME_KEYS = ("backend", "device", "threads", "precision", "support", "g2pw", "ja_userdict")
+
+
 def _runtime_options(func):  # type: ignore[no-untyped-def]
+    """Add the runtime options; the command gets them together as ``runtime`` (a dict)."""
+
+    @functools.wraps(func)
+    def collect(**kwargs: Any) -> Any:
+        runtime = {key: kwargs.pop(key) for key in _RUNTIME_KEYS}
+        return func(runtime=runtime, **kwargs)
+
     for option in reversed(_RUNTIME_OPTIONS):
-        func = option(func)
-    return func
+        collect = option(collect)
+    return collect
 
 
-def _synthesizer(
-    bundle: Path,
-    backend: str,
-    device: str,
-    threads: int | None,
-    precision: str,
-    support: Path | None,
-    g2pw: Path | None,
-    ja_userdict: Path | None,
-    warm_up: tuple[str, str] | None = None,
-):  # type: ignore[no-untyped-def]
-    """Load the voice; ``warm_up`` (text, language) is prepared meanwhile (see
-    :class:`~gsv_runtime.engine.model.VoiceModel`)."""
+def _synthesizer(bundle: Path, runtime: dict[str, Any], warm_up: tuple[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """Load the voice with the runtime options; ``warm_up`` (text, language) is prepared
+    meanwhile (see :class:`~gsv_runtime.engine.model.VoiceModel`)."""
     from gsv_runtime.synthesizer import Synthesizer
 
-    if ja_userdict is not None:
+    if runtime["ja_userdict"] is not None:
         from gsv_runtime.text import load_ja_user_dictionary
 
-        load_ja_user_dictionary(ja_userdict)
+        load_ja_user_dictionary(runtime["ja_userdict"])
     return Synthesizer.load(
-        bundle, backend, device, threads, precision, support, g2pw, warm_up=warm_up
+        bundle,
+        runtime["backend"],
+        runtime["device"],
+        runtime["threads"],
+        runtime["precision"],
+        runtime["support"],
+        runtime["g2pw"],
+        warm_up=warm_up,
     )
 
 
@@ -402,26 +410,10 @@ def voice_add_cmd(
     name: str | None,
     aux_refs: tuple[Path, ...],
     any_length: bool,
-    backend: str,
-    device: str,
-    threads: int | None,
-    precision: str,
-    support: Path | None,
-    g2pw: Path | None,
-    ja_userdict: Path | None,
+    runtime: dict[str, Any],
 ) -> None:
     """Prepare a reference once and store it in BUNDLE (no HuBERT or audio needed later)."""
-    synth = _synthesizer(
-        bundle,
-        backend,
-        device,
-        threads,
-        precision,
-        support,
-        g2pw,
-        ja_userdict,
-        (prompt_text, prompt_lang) if prompt_text else None,
-    )
+    synth = _synthesizer(bundle, runtime, (prompt_text, prompt_lang) if prompt_text else None)
     voice = synth.voice(
         ref_audio,
         prompt_text,
@@ -558,13 +550,7 @@ def tts_cmd(
     aux_refs: tuple[Path, ...],
     any_length: bool,
     per_line: bool,
-    backend: str,
-    device: str,
-    threads: int | None,
-    precision: str,
-    support: Path | None,
-    g2pw: Path | None,
-    ja_userdict: Path | None,
+    runtime: dict[str, Any],
     **options: Any,
 ) -> None:
     """Speak text with a voice bundle and write a WAV file (or one per line: --per-line)."""
@@ -589,17 +575,7 @@ def tts_cmd(
     lines = _batch_lines(content, text_file, lang, options, voice_args) if per_line else None
     start = time.perf_counter()
     first = lines[0][1] if lines else {"text": content, "lang": lang}
-    synth = _synthesizer(
-        bundle,
-        backend,
-        device,
-        threads,
-        precision,
-        support,
-        g2pw,
-        ja_userdict,
-        (first["text"], first["lang"]),
-    )
+    synth = _synthesizer(bundle, runtime, (first["text"], first["lang"]))
     loaded = time.perf_counter()
     if lines is not None:
         _tts_batch(synth, lines, voice_name, out, start, loaded)

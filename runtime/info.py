@@ -12,13 +12,14 @@ from typing import Any, Final
 
 from gsv_runtime import __version__
 from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
-from gsv_runtime.errors import BundleError
+from gsv_runtime.errors import BundleError, GsvError
 from gsv_runtime.text.frontend import LANGUAGE_MODULES
 from gsv_runtime.variants import (
     PRECISIONS,
     STAGES,
     auto_explained,
     backend_order,
+    choose_backends,
     choose_precisions,
     cpu_flags,
     cpu_model,
@@ -248,3 +249,16 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
             continue
         picks = ", ".join(f"{k} {v}" for k, v in chosen.items())
         yield f"runs on {backend} ({', '.join(info['devices'])}): yes; precision auto: {picks}"
+    yield from _auto_here(bundle)
+
+
+def _auto_here(bundle: Bundle) -> Iterator[str]:
+    """What ``--backend auto --precision auto`` runs for this voice on this CPU."""
+    try:
+        backends = choose_backends(bundle, "auto", "auto", list(backend_devices()))
+        chosen = choose_precisions(bundle, backends, "auto")
+    except GsvError as exc:  # nothing installed runs a stage, or not a complete voice
+        yield f"backend auto: none ({exc})"
+        return
+    picks = ", ".join(f"{s} {backends[s]} {chosen[s]}" for s in backends)
+    yield f"backend auto + precision auto here: {picks}"

@@ -266,6 +266,30 @@ def auto_flags(device: str) -> frozenset[str]:
     return cpu_flags() if device.lower() == "cpu" else frozenset()
 
 
+def choose_backends(
+    bundle: Bundle, requested: str, precision: str, installed: list[str], device: str = "cpu"
+) -> dict[str, str]:
+    """The backend of each voice stage (gpt, acoustic) for a backend request; a precision asked
+    for by name steers ``auto`` to a backend whose graphs hold it (``--precision bf16`` puts
+    the GPT on OpenVINO), and is ignored where no backend holds it.
+
+    Raises:
+        InputError: a malformed request.
+        BackendError: see :func:`choose_backend`.
+    """
+    wanted_backend, wanted_precision = parse_backend(requested), parse_precision(precision)
+    return {
+        stage: choose_backend(
+            stage,
+            wanted_backend[stage],
+            bundle_formats(bundle, stage, wanted_precision[stage]) or bundle_formats(bundle, stage),
+            installed,
+            device,
+        )
+        for stage in ("gpt", "acoustic")
+    }
+
+
 def choose_precisions(
     bundle: Bundle, backend: str | Mapping[str, str], requested: str, device: str = "cpu"
 ) -> dict[str, str]:

@@ -25,13 +25,7 @@ from gsv_runtime.bundle import Bundle
 from gsv_runtime.config import RuntimeConfig, SynthesisConfig
 from gsv_runtime.errors import BundleError, InputError
 from gsv_runtime.gpt.t2s import load_t2s
-from gsv_runtime.variants import (
-    bundle_formats,
-    choose_backend,
-    choose_precisions,
-    parse_backend,
-    parse_precision,
-)
+from gsv_runtime.variants import choose_backends, choose_precisions, parse_backend
 from gsv_runtime.voice import Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -97,19 +91,13 @@ class VoiceModel:
         self.bundle = bundle
         self.runtime = runtime or RuntimeConfig()
         self._backend_request = parse_backend(self.runtime.backend)
-        installed = available_backends()
-        wanted = parse_precision(self.runtime.precision)
-        self.backends: dict[str, BackendName] = {
-            stage: choose_backend(  # type: ignore[misc]
-                stage,
-                self._backend_request[stage],
-                # a precision asked for by name steers auto to a backend holding it
-                bundle_formats(bundle, stage, wanted[stage]) or bundle_formats(bundle, stage),
-                installed,
-                self.runtime.device,
-            )
-            for stage in ("gpt", "acoustic")
-        }
+        self.backends: dict[str, BackendName] = choose_backends(  # type: ignore[assignment]
+            bundle,
+            self.runtime.backend,
+            self.runtime.precision,
+            available_backends(),
+            self.runtime.device,
+        )
         """The backend each stage runs (``support`` joins when the support bundle opens)."""
         base = self.runtime.threads
         self.threads = threads or StageThreads(base, base, base)
