@@ -309,7 +309,8 @@ def check_graph_io(name: str, spec: GraphSpec, inputs: Any, outputs: Any) -> Non
         )
 
 
-_FORMAT_OF_BACKEND: Final[dict[str, GraphFormat]] = {"onnxruntime": "onnx", "openvino": "openvino"}
+FORMAT_OF_BACKEND: Final[dict[str, GraphFormat]] = {"onnxruntime": "onnx", "openvino": "openvino"}
+"""The graph format each backend runs."""
 
 
 class Bundle:
@@ -349,7 +350,7 @@ class Bundle:
         Raises:
             BundleError: the bundle holds no such variant.
         """
-        fmt = _FORMAT_OF_BACKEND.get(backend)
+        fmt = FORMAT_OF_BACKEND.get(backend)
         variant = self.graph(name).variant(fmt, precision) if fmt else None
         if variant is None:
             held = ", ".join(f"{v.format}/{v.precision}" for v in self.graph(name).variants)

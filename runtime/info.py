@@ -8,10 +8,11 @@ import os
 import platform
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from gsv_runtime import __version__
-from gsv_runtime.bundle import Bundle, GraphSpec, TensorSpec
+from gsv_runtime.backends import BACKENDS
+from gsv_runtime.bundle import FORMAT_OF_BACKEND, Bundle, GraphSpec, TensorSpec
 from gsv_runtime.errors import BundleError, GsvError
 from gsv_runtime.text.frontend import LANGUAGE_MODULES
 from gsv_runtime.variants import (
@@ -159,9 +160,6 @@ def _graph_lines(name: str, spec: GraphSpec) -> Iterator[str]:
     yield f"    out: {_signature(spec.outputs)}"
 
 
-_BACKENDS: Final = ("onnxruntime", "openvino")
-
-
 def _higher_is_better(check: Mapping[str, Any]) -> bool:
     """Recorded by newer exporters; for older bundles: a passing value lies on
     the good side of its limit (an exact hit is read as a ceiling, like ``mismatch ≤ 0``)."""
@@ -176,7 +174,7 @@ def parity_table(checks: Sequence[Mapping[str, Any]]) -> Iterator[str]:
     worst: dict[str, dict[str, Mapping[str, Any]]] = {}
     for check in checks:
         parts = str(check["name"]).split("/")
-        at = next((i for i, part in enumerate(parts) if part in _BACKENDS), None)
+        at = next((i for i, part in enumerate(parts) if part in BACKENDS), None)
         if at is None:
             continue
         after = parts[at + 1] if at + 1 < len(parts) else ""
@@ -238,7 +236,7 @@ def describe_bundle(root: Path, verify_hashes: bool = False) -> Iterator[str]:
     yield "files: " + ", ".join(f"{k}/ {v / 1e6:.1f} MB" for k, v in sorted(by_folder.items()))
     formats = {v.format for spec in m.graphs.values() for v in spec.variants}
     for backend, info in backend_devices().items():
-        fmt = "onnx" if backend == "onnxruntime" else "openvino"
+        fmt = FORMAT_OF_BACKEND[backend]
         if fmt not in formats:
             yield f"runs on {backend} ({', '.join(info['devices'])}): no (no graphs in its format)"
             continue

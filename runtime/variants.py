@@ -37,22 +37,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from gsv_runtime.backends import RunnerOptions
-from gsv_runtime.bundle import Bundle
+from gsv_runtime.backends import BACKENDS, RunnerOptions
+from gsv_runtime.bundle import FORMAT_OF_BACKEND, Bundle
 from gsv_runtime.errors import BackendError, BundleError, InputError
 
 _LOGGER = logging.getLogger(__name__)
 
 PRECISIONS: Final = ("fp32", "fp16", "bf16", "int8")
-BACKEND_NAMES: Final = ("onnxruntime", "openvino")
-BACKEND_FORMATS: Final = {"onnxruntime": "onnx", "openvino": "openvino"}
-"""The graph format each backend runs."""
 STAGES: Final = ("gpt", "acoustic", "support")
 """The GPT and the acoustic stage run the voice bundle's graphs; ``support`` the support
 bundle's (HuBERT, BERT, SV), chosen per graph by :func:`choose_support_precisions`."""
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache  # a few fixed keys: flags and the model name
 def _cpuinfo(keys: tuple[str, ...]) -> str | None:
     """The first ``/proc/cpuinfo`` value under one of ``keys`` (None: absent or unreadable)."""
     try:
@@ -151,7 +148,7 @@ def parse_backend(spec: str) -> dict[str, str]:
     Raises:
         InputError: an unknown stage or backend.
     """
-    return _per_stage(spec, "backend", "auto", ("auto", *BACKEND_NAMES))
+    return _per_stage(spec, "backend", "auto", ("auto", *BACKENDS))
 
 
 def parse_precision(spec: str) -> dict[str, str]:
@@ -183,8 +180,8 @@ def backend_order(stage: str, flags: frozenset[str]) -> tuple[tuple[str, str], .
     elif stage in ("acoustic", "support") and flags & BF16_FLAGS:
         preferred = "openvino"
     if preferred is None:
-        return tuple((b, _BACKEND_WHY["default"]) for b in BACKEND_NAMES)
-    other = next(b for b in BACKEND_NAMES if b != preferred)
+        return tuple((b, _BACKEND_WHY["default"]) for b in BACKENDS)
+    other = next(b for b in BACKENDS if b != preferred)
     return ((preferred, _BACKEND_WHY[f"{stage}-{preferred}"]), (other, _BACKEND_WHY["default"]))
 
 
@@ -196,7 +193,7 @@ def bundle_formats(bundle: Bundle, stage: str | None = None, precision: str = "a
     if stage is None:
         return {v.format for spec in graphs.values() for v in spec.variants}
     found = set()
-    for backend, fmt in BACKEND_FORMATS.items():
+    for backend, fmt in FORMAT_OF_BACKEND.items():
         name = stage_graph(bundle, backend, stage)
         variants = graphs[name].variants if name in graphs else ()
         if any(v.format == fmt and precision in ("auto", v.precision) for v in variants):
@@ -223,16 +220,16 @@ def choose_backend(
     if requested != "auto":
         if requested not in installed:
             raise BackendError(f"backend {requested} is not installed (pip install {requested})")
-        if BACKEND_FORMATS[requested] not in formats:
+        if FORMAT_OF_BACKEND[requested] not in formats:
             raise BackendError(
-                f"the bundle has no {BACKEND_FORMATS[requested]} graphs for the {stage} stage "
+                f"the bundle has no {FORMAT_OF_BACKEND[requested]} graphs for the {stage} stage "
                 f"(it holds: {', '.join(sorted(formats)) or 'none'})"
             )
         return requested
     for backend, _ in backend_order(stage, auto_flags(device)):
         if (
             backend in installed
-            and BACKEND_FORMATS[backend] in formats
+            and FORMAT_OF_BACKEND[backend] in formats
             and _takes_device(backend, device)
         ):
             return backend
@@ -313,7 +310,7 @@ def choose_precisions(
         on = backends[stage]
         graph = stage_graph(bundle, on, stage)
         held = [
-            v.precision for v in bundle.graph(graph).variants if v.format == BACKEND_FORMATS[on]
+            v.precision for v in bundle.graph(graph).variants if v.format == FORMAT_OF_BACKEND[on]
         ]
         if wanted[stage] == "auto":
             order = auto_order(stage, on, auto_flags(device))
@@ -361,7 +358,7 @@ def choose_support_precisions(
     Raises:
         InputError: a malformed request.
     """
-    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    fmt = FORMAT_OF_BACKEND[backend]
     wanted = parse_precision(requested)["support"]
     order = auto_order("support", backend, auto_flags(device)) if wanted == "auto" else (wanted,)
     chosen = {}
