@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from unittest.mock import patch
 
 import pytest
@@ -63,17 +66,21 @@ def test_choose_precisions_takes_what_the_bundle_holds(tiny_bundle, caplog) -> N
         choose_precisions(bundle, "onnxruntime", "int8")
 
 
+def _with_variant(source: Path, tmp_path: Path, graph: str, precision: str) -> Path:
+    """A copy of a bundle whose manifest also lists ``precision`` for ``graph`` (metadata only:
+    nothing compiles it)."""
+    root = tmp_path / "voice"
+    shutil.copytree(source, root)
+    manifest = json.loads((root / "bundle.json").read_text())
+    variants = manifest["graphs"][graph]["variants"]
+    variants.append({**variants[0], "precision": precision})
+    (root / "bundle.json").write_text(json.dumps(manifest))
+    return root
+
+
 def test_one_precision_is_a_preference_per_stage(tiny_bundle, tmp_path, caplog) -> None:
     """``int8`` on a bundle with an int8 GPT and an fp32-only SoVITS: GPT int8, SoVITS fp32."""
-    import json
-    import shutil
-
-    root = tmp_path / "voice"
-    shutil.copytree(tiny_bundle("v2"), root)
-    manifest = json.loads((root / "bundle.json").read_text())
-    variants = manifest["graphs"]["t2s_prefill"]["variants"]
-    variants.append({**variants[0], "precision": "int8"})  # metadata only: nothing compiles
-    (root / "bundle.json").write_text(json.dumps(manifest))
+    root = _with_variant(tiny_bundle("v2"), tmp_path, "t2s_prefill", "int8")
     with caplog.at_level("WARNING"):
         chosen = choose_precisions(Bundle.load(root), "onnxruntime", "int8")
     assert chosen == {"gpt": "int8", "acoustic": "fp32"}
@@ -145,16 +152,7 @@ def test_voice_model_runs_a_backend_per_stage(tiny_bundle) -> None:
 def test_named_precision_steers_the_auto_backend(tiny_bundle, tmp_path) -> None:
     """``--precision bf16`` with ``--backend auto``: the GPT goes where a bf16 variant is
     (OpenVINO), not to the backend ``auto`` ranks first for the GPT (onnxruntime)."""
-    import json
-    import shutil
-
-    root = tmp_path / "voice"
-    shutil.copytree(tiny_bundle("v2"), root)
-    manifest = json.loads((root / "bundle.json").read_text())
-    variants = manifest["graphs"]["t2s_decoder"]["variants"]
-    variants.append({**variants[0], "precision": "bf16"})  # metadata only: nothing compiles
-    (root / "bundle.json").write_text(json.dumps(manifest))
-    bundle = Bundle.load(root)
+    bundle = Bundle.load(_with_variant(tiny_bundle("v2"), tmp_path, "t2s_decoder", "bf16"))
     assert bundle_formats(bundle, "gpt") == {"onnx", "openvino"}
     assert bundle_formats(bundle, "gpt", "bf16") == {"openvino"}
     assert bundle_formats(bundle, "acoustic", "bf16") == set()  # VoiceModel then ignores it
