@@ -50,7 +50,7 @@ from gsv_export.graph_io import (
     save_onnx,
     tensor,
 )
-from gsv_export.precision import onnx_fp16, onnx_int8
+from gsv_export.precision import onnx_fp16, onnx_int8, onnx_int8_blockwise
 from gsv_models.config import T2SConfig
 from gsv_models.t2s import T2SModel
 from gsv_runtime.bundle import GraphFile, GraphSpec, TensorSpec
@@ -167,15 +167,17 @@ def _name(graph: str, precision: str, suffix: str) -> str:
     return f"{graph}{'' if precision == 'fp32' else '-' + precision}{suffix}"
 
 
-def _onnx_precision(src: Path, precision: str, gqa: bool) -> Path:
+def _onnx_precision(src: Path, precision: str) -> Path:
     """Write the ``precision`` variant of an fp32 ONNX graph beside it.
 
     Raises:
         ExportError: quantization or conversion failed.
     """
     dst = src.with_name(_name(src.stem, precision, ".onnx"))
-    if precision == "int8":
-        return onnx_int8(src, dst, src.stem, contrib_ops=gqa)
+    if precision == "int8" and src.stem == PREFILL:
+        return onnx_int8(src, dst, src.stem)
+    if precision == "int8":  # single-token steps: fused blockwise int8 (see its docstring)
+        return onnx_int8_blockwise(src, dst, src.stem)
     if precision == "fp16":
         return onnx_fp16(src, dst, src.stem)
     raise ExportError(f"{src.name}: no ONNX conversion to {precision}")
@@ -211,7 +213,7 @@ def _export_onnx_graphs(
                 continue
             if graph == STEP_GQA and precision == "fp16":
                 continue  # served by t2s_step_gqa_kv16 (float16 caches, in place)
-            add(graph, precision, _onnx_precision(path, precision, graph == STEP_GQA))
+            add(graph, precision, _onnx_precision(path, precision))
     if "fp16" in precisions:
         args = _step_args(cfg, True, torch.float16)
         decl = decls[STEP_GQA_KV16]

@@ -139,6 +139,20 @@ def test_gqa_graph_has_empty_key_value_inputs(exported: Exported) -> None:
     assert all(list(n.input)[1:3] == ["", ""] for n in nodes)
 
 
+def test_int8_steps_are_blockwise_and_prefill_dynamic(exported: Exported) -> None:
+    """The decode steps use fused blockwise int8 (faster at one token), the prefill dynamic
+    per-channel int8 (faster at a few hundred positions); see gsv_export.precision."""
+    import onnx
+
+    def ops(graph: str) -> set[str]:
+        path = exported.bundle.graph_path(graph, "onnxruntime", "int8")
+        return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+    for graph in (STEP, STEP_GQA):
+        assert "MatMulNBits" in ops(graph) and "MatMulInteger" not in ops(graph), graph
+    assert "MatMulInteger" in ops(PREFILL) and "MatMulNBits" not in ops(PREFILL)
+
+
 def test_unknown_precision_is_refused(tmp_path: Path) -> None:
     model = random_t2s(t2s_config(ModelVersion.V2, "tiny"), seed=0)
     with pytest.raises(ValueError, match="int4"):
