@@ -202,6 +202,7 @@ class GqaSession(RowTracking):
         self._device_kv: list[Any] = []
         self._io: Any = None
         self._bound = 0  # slots the binding covers
+        self._logits = np.zeros((0, 0), np.float32)  # the binding's logits buffer
 
     def reset(self) -> None:
         self._rows, self._slot, self._pool, self._io = None, np.zeros(0, np.int64), None, None
@@ -266,11 +267,17 @@ class GqaSession(RowTracking):
 
     def _bind(self, n: int) -> None:
         """Bind slots [0, n) of every cache as both past and present of one IOBinding."""
+        import onnxruntime as ort
+
         assert self._pool is not None
         upload = self._step.device.upload
         self._device_kv = [upload(self._pool[j, :n]) for j in range(len(self._pool))]
         io = self._step.session.io_binding()
-        io.bind_output("logits", "cpu")  # first bound → get_outputs()[0]
+        # logits land in a host array bound once, instead of IOBinding.get_outputs() wrapping
+        # all 1 + 2 × n_layer outputs in new OrtValues every step
+        vocab = int(self._step.session.get_outputs()[0].shape[-1])
+        self._logits = np.empty((n, vocab), np.float32)
+        io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
         for past, present, value in zip(self._past, self._present, self._device_kv, strict=True):
             io.bind_ortvalue_input(past, value)
             io.bind_ortvalue_output(present, value)
@@ -307,8 +314,7 @@ class GqaSession(RowTracking):
         io.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
         self._step.session.run_with_iobinding(io)
         rows.steps += 1
-        # copy: the array may view memory the binding reuses on the next run
-        return np.array(io.get_outputs()[0].numpy()[self._slot], copy=True)
+        return self._logits[self._slot]  # fancy indexing copies out of the bound buffer
 
     def keep(self, rows: Sequence[int] | np.ndarray) -> None:
         state = self._state()
