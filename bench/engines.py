@@ -156,12 +156,12 @@ class _TimedSession:
         return out
 
     def join(self, phones, phone_lens, bert, prompt, prompt_lens):  # type: ignore[no-untyped-def]
+        # a session outlives its requests: a join into an empty batch starts a new context
+        live = self._context if self._inner.batch else 0
         t0 = time.perf_counter()
         out = self._inner.join(phones, phone_lens, bert, prompt, prompt_lens)
         self._clock.add("gpt_prefill", time.perf_counter() - t0)
-        self._context = max(
-            self._context, phones.shape[1] + (0 if prompt is None else prompt.shape[1])
-        )
+        self._context = max(live, phones.shape[1] + (0 if prompt is None else prompt.shape[1]))
         return out
 
     def keep(self, rows: Any) -> None:

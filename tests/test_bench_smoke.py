@@ -72,3 +72,36 @@ def test_bench_cli_on_tiny_bundle(
     )
     assert result.exit_code == 0, result.output
     assert (merged / "report.md").read_text() == report
+
+
+def test_timed_session_context_restarts_with_each_request() -> None:
+    """The engine keeps one GPT session across requests; the recorded context (for the
+    bandwidth bound) is the live prefix plus steps, not a sum over every request served."""
+    import numpy as np
+
+    from gsv_bench.engines import _TimedSession
+    from gsv_bench.timers import StageClock
+
+    class Rows:
+        batch = 0
+
+        def join(self, *_: object) -> None:
+            self.batch = 1
+
+        def step(self, tokens: np.ndarray) -> np.ndarray:
+            return tokens
+
+        def keep(self, rows: list[int]) -> None:
+            self.batch = len(rows)
+
+    inner = Rows()
+    inner.design = "fake"  # type: ignore[attr-defined]
+    clock = StageClock()
+    session = _TimedSession(inner, clock)
+    phones, prompt = np.zeros((1, 30), np.int64), np.zeros((1, 70), np.int64)
+    for _ in range(2):  # two requests, one after the other
+        session.join(phones, None, None, prompt, None)
+        for _ in range(5):
+            session.step(np.zeros(1, np.int64))
+        session.keep([])
+    assert [s.context for s in clock.steps] == [101, 102, 103, 104, 105] * 2
