@@ -46,10 +46,11 @@ Measured on random weights (logit std 2, so the top-2 gap is often a few tenths)
 the designs and versions: tiny (2 × 64) fp16 0.998, bf16 0.993, int8 0.965 (ORT dynamic,
 per-channel 7-bit) / 0.98 (NNCF); full size (24 × 512) fp16 0.998, bf16 0.95 (OpenVINO, bf16
 KV), int8 0.97 (onnxruntime steps blockwise since 2026-12-04: canonical 0.973, GQA 0.967, vs
-0.952 / 0.957 with per-channel 7-bit steps on the same checkpoint). Broken variants score under every floor: naive 8-bit per-tensor weights 0.90,
-6-bit 0.67, another checkpoint 0.0 (``test_floors_fail_broken_variants``). Real checkpoints have
-peakier logits; judge them with real weights before lowering a floor. (Before 2026-12: 0.95,
-0.85, 0.9, which a naive per-tensor int8 export passed.)"""
+0.952 / 0.957 with per-channel 7-bit steps on the same checkpoint). Broken variants score
+under every floor: naive 8-bit per-tensor weights 0.90, 6-bit 0.67, another checkpoint 0.0
+(``test_floors_fail_broken_variants``). Real checkpoints have peakier logits; judge them with
+real weights before lowering a floor. (Before 2026-12: 0.95, 0.85, 0.9, which a naive
+per-tensor int8 export passed.)"""
 VERIFY_STEPS: Final = 300
 
 

@@ -115,7 +115,7 @@ def cfm_models(version: Any) -> tuple[Any, Any]:
 @pytest.fixture(scope="session")
 def cfm_bundles(tmp_path_factory: pytest.TempPathFactory):
     """Return a function version → bundle with the six CFM graphs of :func:`cfm_models`,
-    verified against torch (ONNX; OpenVINO too except for v3), made once."""
+    verified against torch (ONNX; OpenVINO fp32 and int8 too except for v3), made once."""
     from gsv_export.cfm import cfm_audio_section, export_cfm_graphs, verify_cfm
     from gsv_export.writer import write_manifest
     from gsv_models.version import ModelVersion
@@ -128,7 +128,8 @@ def cfm_bundles(tmp_path_factory: pytest.TempPathFactory):
             model, vocoder = cfm_models(version)
             root = tmp_path_factory.mktemp(f"cfm-{version.value}")
             formats = ("onnx",) if version is ModelVersion.V3 else ("onnx", "openvino")
-            specs = export_cfm_graphs(model, vocoder, root, formats)
+            precisions = ("fp32",) if version is ModelVersion.V3 else ("fp32", "int8")
+            specs = export_cfm_graphs(model, vocoder, root, formats, precisions)
             report = verify_cfm(root, specs, model, vocoder)
             assert not report.failures, [c.line() for c in report.failures]
             write_manifest(root, "voice", specs, audio=cfm_audio_section(model, vocoder))

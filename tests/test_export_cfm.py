@@ -53,17 +53,22 @@ def _snr_checks(checks: list[dict]) -> list[dict]:
 
 def test_v4_graph_parity_both_backends(tmp_path: Path) -> None:
     """Every CFM graph on onnxruntime and OpenVINO at ≥ 60 dB against torch (fp32), and the
-    fp16 variants and the OpenVINO bf16 one (the fp32 IR with a bf16 hint) above their floors."""
+    fp16 variants, the OpenVINO bf16 one (the fp32 IR with a bf16 hint) and the OpenVINO int8
+    one (a quantized DiT step; the other graphs' bf16 compile) above their floors."""
     model = random_v3(v3_config(V4, "tiny"), 0)
     vocoder = random_v4_vocoder(v4_vocoder_config("tiny"), 0)
-    precisions = ("fp32", "fp16", "bf16", "int8")  # int8 is not offered: skipped
+    precisions = ("fp32", "fp16", "bf16", "int8")  # int8: OpenVINO only
     specs = export_cfm_graphs(model, vocoder, tmp_path, ("onnx", "openvino"), precisions)
     held = {(v.format, v.precision) for v in specs["cfm_step"].variants}
     assert held == {(f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16")} | {
-        ("openvino", "bf16")
+        ("openvino", "bf16"),
+        ("openvino", "int8"),
     }
     step = {(v.format, v.precision): v.path for v in specs["cfm_step"].variants}
     assert step[("openvino", "bf16")] == step[("openvino", "fp32")]
+    assert step[("openvino", "int8")] == "openvino/cfm_step-int8.xml"
+    vocoder_files = {(v.format, v.precision): v.path for v in specs["cfm_vocoder"].variants}
+    assert vocoder_files[("openvino", "int8")] == vocoder_files[("openvino", "fp32")]
     assert list(specs) == list(GRAPHS)
     report = verify_cfm(tmp_path, specs, model, vocoder)
     assert not report.failures, [c.line() for c in report.failures]
@@ -71,7 +76,7 @@ def test_v4_graph_parity_both_backends(tmp_path: Path) -> None:
     for graph in GRAPHS[2:]:
         for backend in ("onnxruntime", "openvino"):
             assert any(n.startswith(f"v4/{graph}/{backend}/fp32/") for n in names)
-    for variant in ("onnxruntime/fp16", "openvino/fp16", "openvino/bf16"):
+    for variant in ("onnxruntime/fp16", "openvino/fp16", "openvino/bf16", "openvino/int8"):
         assert any(f"/{variant}/" in n for n in names)
     snr = [c for c in report.checks if c.name.endswith("_snr_db") and "/fp32/" in c.name]
     assert min(c.value for c in snr) >= SNR_MIN_DB

@@ -9,6 +9,7 @@ from unittest.mock import patch
 
 import pytest
 
+from gsv_runtime.backends import RunnerOptions
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.errors import BackendError, BundleError, InputError
 from gsv_runtime.variants import (
@@ -19,6 +20,7 @@ from gsv_runtime.variants import (
     choose_precisions,
     parse_backend,
     parse_precision,
+    variant_options,
 )
 
 
@@ -39,7 +41,8 @@ def test_auto_order_follows_the_isa() -> None:
     amx = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
     assert auto_order("gpt", "openvino", amx) == ("int8", "bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx512_vnni"})) == ("int8", "fp32")
-    assert auto_order("acoustic", "openvino", amx) == ("bf16", "fp32")
+    assert auto_order("acoustic", "openvino", amx) == ("int8", "bf16", "fp32")
+    assert auto_order("acoustic", "openvino", frozenset({"avx512_bf16"})) == ("bf16", "fp32")
     assert auto_order("gpt", "openvino", frozenset({"avx2"})) == ("fp32",)
     assert auto_order("gpt", "onnxruntime", amx) == ("int8", "fp32")
     assert auto_order("acoustic", "onnxruntime", amx) == ("fp32",)
@@ -49,6 +52,17 @@ def test_auto_order_follows_the_isa() -> None:
     graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
     assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
     assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("fp32",)
+
+
+def test_variant_hints() -> None:
+    """OpenVINO compiles bf16 variants, and the acoustic stage's int8 (a quantized DiT step
+    among bf16 operations), with the bf16 hint; the GPT's int8 weights decompress to f32."""
+    options = RunnerOptions()
+    assert variant_options("openvino", "bf16", options).precision_hint == "bf16"
+    assert variant_options("openvino", "int8", options, "acoustic").precision_hint == "bf16"
+    assert variant_options("openvino", "int8", options, "gpt") == options
+    assert variant_options("onnxruntime", "int8", options, "acoustic") == options
+    assert variant_options("openvino", "fp32", options, "acoustic") == options
 
 
 def test_choose_precisions_takes_what_the_bundle_holds(tiny_bundle, caplog) -> None:

@@ -99,13 +99,13 @@ def compile_graphs(
 ) -> tuple[dict[str, GraphSpec], dict[str, GraphRunner]]:
     """Declarations and compiled runners of an acoustic stage's graphs at one precision.
 
-    OpenVINO's ``bf16`` variant is the fp32 IR compiled with a bf16 precision hint.
+    The compile hint per variant comes from :func:`~gsv_runtime.variants.variant_options`.
 
     Raises:
         BundleError: a graph or variant is missing.
         BackendError: the backend cannot compile a graph.
     """
-    options = variant_options(backend, precision, options or RunnerOptions())
+    options = variant_options(backend, precision, options or RunnerOptions(), "acoustic")
     specs = {name: bundle.graph(name) for name in names}
     runners = {
         name: make_runner(bundle.graph_path(name, backend, precision), backend, options)
