@@ -6,6 +6,7 @@ One implementation for every exporter (GPT, SoVITS, support graphs).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +166,12 @@ def openvino_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
-def openvino_int8_static(src: Path, dst: Path, calibration: list[dict[str, Any]]) -> Path:
+def openvino_int8_static(
+    src: Path, dst: Path, calibration: list[dict[str, Any]], keep_float: Sequence[str] = ()
+) -> Path:
     """NNCF static int8 (weights and activations, transformer scheme) of an OpenVINO IR,
-    calibrated on ``calibration`` feeds; the operations it leaves float run at the compile
-    hint's precision.
+    calibrated on ``calibration`` feeds; the nodes named in ``keep_float`` (they must exist)
+    and the operations it leaves float run at the compile hint's precision.
 
     Raises:
         ExportError: the quantizer failed.
@@ -183,6 +186,7 @@ def openvino_int8_static(src: Path, dst: Path, calibration: list[dict[str, Any]]
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calibration),
             fast_bias_correction=True,
+            ignored_scope=nncf.IgnoredScope(names=list(keep_float)),
         )
         ov.save_model(model, str(dst), compress_to_fp16=False)
     except Exception as exc:

@@ -150,7 +150,7 @@ def test_int8_stage_tracks_torch(cfm_bundles) -> None:
     model, vocoder = cfm_models(V4)
     expected = torch_pipeline(model, vocoder, job, stage.params, SamplerConfig(steps=4))
     assert wav.shape == expected.shape
-    assert snr_db(expected, wav) >= 20  # measured 28.8 dB (fp32: ≥ 60)
+    assert snr_db(expected, wav) >= 30  # measured 40.7 dB (fp32: ≥ 60)
     assert snr_db(fp32.synthesize(job)[0], wav) < SNR_MIN_DB
 
 
