@@ -51,7 +51,9 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("gpt", "onnxruntime", frozenset({"avx2"})) == ("fp32",)
     graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
     assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
-    assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("fp32",)
+    # Arm with dot products but no bf16: a CFM voice's int8 DiT, else fp32 (by analogy)
+    assert auto_order("acoustic", "openvino", frozenset({"asimd", "asimddp"})) == ("int8", "fp32")
+    assert auto_order("acoustic", "openvino", frozenset({"asimd"})) == ("fp32",)
 
 
 def test_variant_hints() -> None:
