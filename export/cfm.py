@@ -87,7 +87,7 @@ from gsv_runtime.acoustic.cfm import (
     stretched_frames,
 )
 from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
-from gsv_runtime.audio_features import linear_spectrogram, log_mel_spectrogram
+from gsv_runtime.audio_features import linear_spectrogram
 from gsv_runtime.backends import GraphRunner, RunnerOptions, make_runner
 from gsv_runtime.bundle import GraphFile, GraphSpec
 from gsv_runtime.errors import CheckpointError
@@ -527,7 +527,9 @@ def _add_int8(
 
 
 def _openvino_fp32(spec: GraphSpec) -> str:
-    return next(v.path for v in spec.variants if (v.format, v.precision) == ("openvino", "fp32"))
+    variant = spec.variant("openvino", "fp32")
+    assert variant is not None  # export_cfm_graphs wrote it
+    return variant.path
 
 
 DIT_FLOAT_NODES: Final = ("/input_embed/proj/MatMul", "/proj_out/MatMul")
@@ -561,18 +563,15 @@ def step_calibration(
     recorded: list[dict[str, np.ndarray]] = []
     runners[STEP] = _Recording(runners[STEP], recorded)
     stage = CfmStage(specs, runners, params)
-    mel = audio["mel"]
-    wav = _probe_audio(3.0, mel["sample_rate"], 0)
     rng = np.random.default_rng(0)
     s2 = model.cfg.sovits
+    wav = _probe_audio(3.0, s2.sampling_rate, 0)
     voice = Voice(
         prompt_tokens=rng.integers(0, s2.codebook_size, 75),
         prompt_phones=rng.integers(0, s2.n_symbols, 20),
         prompt_bert=np.zeros((20, 1024), np.float32),
-        ge=stage.reference(linear_spectrogram(_probe_audio(3.0, s2.sampling_rate, 0))),
-        ref_mel=log_mel_spectrogram(
-            wav, mel["sample_rate"], mel["n_fft"], mel["hop"], mel["win"], mel["n_mels"]
-        ),
+        ge=stage.reference(linear_spectrogram(wav)),
+        ref_mel=stage.reference_mel(wav, s2.sampling_rate),
     )
     for seed in range(CALIBRATION_JOBS):
         tokens = rng.integers(0, s2.codebook_size, 50)

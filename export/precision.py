@@ -65,22 +65,11 @@ def onnx_int8_blockwise(src: Path, dst: Path, graph: str, block: int = 128) -> P
         ExportError: the quantizer failed.
     """
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=block, is_symmetric=True, accuracy_level=4, bits=8
-    )
     try:
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(src)),
-            bits=8,
-            block_size=block,
-            is_symmetric=True,
-            accuracy_level=4,
-            algo_config=config,
+            onnx.load(str(src)), bits=8, block_size=block, is_symmetric=True, accuracy_level=4
         )
         quantizer.process()
     except Exception as exc:
