@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import torch
 from torch import nn
@@ -212,6 +212,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((head * cos + rotated * sin, tail), dim=-1)
 
 
+class KeyMask(NamedTuple):
+    """A key-padding mask in the two forms attention uses, built once per call.
+
+    A boolean SDPA mask exports as ``Where`` + ``IsNaN`` guards around every softmax, which
+    stop OpenVINO from fusing the attention into its SDPA kernel; an additive ``-inf`` bias
+    gives the same probabilities (no row is fully masked while a row has a valid frame).
+    """
+
+    bias: torch.Tensor  # (B, 1, 1, T): 0 for valid keys, -inf for padding
+    keep: torch.Tensor  # (B, T, 1): 1 for valid frames, 0 for padding
+
+    @classmethod
+    def from_valid(cls, valid: torch.Tensor, dtype: torch.dtype) -> KeyMask:
+        """From ``valid [B, T]`` bool (True = a real frame)."""
+        bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+        bias = bias.masked_fill(~valid, float("-inf"))[:, None, None, :]
+        return cls(bias, valid.unsqueeze(-1).to(dtype))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with key padding mask; keys ``to_q/k/v``, ``to_out.0``."""
 
@@ -225,17 +244,17 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # upstream's [1] is a dropout
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, mask: KeyMask, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        """``x [B, T, dim]``, ``mask [B, T]`` bool (True = valid) → ``[B, T, dim]``."""
+        """``x [B, T, dim]`` → ``[B, T, dim]``, zero at padded frames."""
         b, t, _ = x.shape
         q = apply_rotary(self.to_q(x), *rope)  # before the head split: only head 0 rotates
         k = apply_rotary(self.to_k(x), *rope)
         v = self.to_v(x)
         q, k, v = (y.view(b, t, self.heads, -1).transpose(1, 2) for y in (q, k, v))  # (B, H, T, dh)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bias)
         y = self.to_out[0](y.transpose(1, 2).reshape(b, t, -1))  # (B, T, dim)
-        return y.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return y * mask.keep
 
 
 class AdaLayerNormZero(nn.Module):
@@ -279,7 +298,7 @@ class DiTBlock(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        mask: torch.Tensor,
+        mask: KeyMask,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.attn_norm(t)
@@ -354,12 +373,12 @@ class DiT(nn.Module):
         b, _, n = x.shape
         if lengths is None:
             lengths = torch.full((b,), n, device=x.device)
-        mask = sequence_mask(lengths, n)  # (B, T)
         t = self.time_embed(time)
         if step is not None:
             t = t + step
         h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), text)  # (B, T, dim)
         rope = self.rotary_embed(n)
+        mask = KeyMask.from_valid(sequence_mask(lengths, n), h.dtype)
         for block in self.transformer_blocks:
             h = block(h, t, mask, rope)
         return self.proj_out(self.norm_out(h, t)).transpose(1, 2)
