@@ -176,6 +176,19 @@ class InputEmbedding(nn.Module):
         return self.conv_pos_embed(x) + x
 
 
+class Rope(NamedTuple):
+    """Rotary tables for :func:`apply_rotary`, built once per call.
+
+    The pair rotation ``(x0, x1) → (−x1, x0)`` is a channel gather (``swap``) times a signed
+    sine: a constant-index ``Gather`` in the exported graph instead of a reshape/stack chain
+    whose shapes are recomputed at every layer.
+    """
+
+    cos: torch.Tensor  # (T, width)
+    sin: torch.Tensor  # (T, width): −sin on even channels, +sin on odd ones
+    swap: torch.Tensor  # (width,): channel indices 1, 0, 3, 2, …
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary tables of x-transformers; ``inv_freq`` is a stored buffer, as upstream's is.
 
@@ -186,13 +199,16 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("inv_freq", default_inv_freq(dim))
+        pairs = torch.arange(dim).view(-1, 2)
+        self.register_buffer("swap", pairs.flip(-1).flatten(), persistent=False)
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(dim // 2), persistent=False)
 
-    def forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)`` of shape ``[T, dim]``; each frequency repeated for a channel pair."""
+    def forward(self, t: int) -> Rope:
+        """Tables for ``t`` positions; each frequency repeated for a channel pair."""
         pos = torch.arange(t, device=self.inv_freq.device).type_as(self.inv_freq)
         freqs = torch.einsum("i,j->ij", pos, self.inv_freq)  # (T, dim/2)
         freqs = torch.stack((freqs, freqs), dim=-1).flatten(-2)  # (T, dim) as f0 f0 f1 f1 …
-        return freqs.cos(), freqs.sin()
+        return Rope(freqs.cos(), freqs.sin() * self.sign, self.swap)
 
 
 def default_inv_freq(dim: int) -> torch.Tensor:
@@ -200,16 +216,14 @@ def default_inv_freq(dim: int) -> torch.Tensor:
     return 1.0 / (ROPE_BASE ** (torch.arange(0, dim, 2).float() / dim))
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Rotate interleaved pairs ``(x0, x1) → (x0·c − x1·s, x1·c + x0·s)`` of the first channels.
 
     ``x`` is ``[B, T, C]`` with ``C`` ≥ the table width; the remaining channels pass unchanged.
     """
-    r = cos.shape[-1]
+    r = rope.swap.shape[0]
     head, tail = x[..., :r], x[..., r:]
-    pairs = head.unflatten(-1, (r // 2, 2))  # (B, T, r/2, 2)
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return torch.cat((head * cos + rotated * sin, tail), dim=-1)
+    return torch.cat((head * rope.cos + head[..., rope.swap] * rope.sin, tail), dim=-1)
 
 
 class KeyMask(NamedTuple):
@@ -243,13 +257,11 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])  # upstream's [1] is a dropout
 
-    def forward(
-        self, x: torch.Tensor, mask: KeyMask, rope: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: KeyMask, rope: Rope) -> torch.Tensor:
         """``x [B, T, dim]`` → ``[B, T, dim]``, zero at padded frames."""
         b, t, _ = x.shape
-        q = apply_rotary(self.to_q(x), *rope)  # before the head split: only head 0 rotates
-        k = apply_rotary(self.to_k(x), *rope)
+        q = apply_rotary(self.to_q(x), rope)  # before the head split: only head 0 rotates
+        k = apply_rotary(self.to_k(x), rope)
         v = self.to_v(x)
         q, k, v = (y.view(b, t, self.heads, -1).transpose(1, 2) for y in (q, k, v))  # (B, H, T, dh)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bias)
@@ -299,7 +311,7 @@ class DiTBlock(nn.Module):
         x: torch.Tensor,
         t: torch.Tensor,
         mask: KeyMask,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
     ) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.attn_norm(t)
         norm = F.layer_norm(x, x.shape[-1:], eps=NORM_EPS) * (1 + scale_a) + shift_a

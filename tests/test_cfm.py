@@ -184,9 +184,9 @@ def test_dit_without_step_embedding() -> None:
 
 
 def test_rotary_rotates_interleaved_pairs_of_head_zero_only() -> None:
-    cos, sin = RotaryEmbedding(4)(3)  # dim_head 4: channels 0..3 of the 8 rotate
+    rope = RotaryEmbedding(4)(3)  # dim_head 4: channels 0..3 of the 8 rotate
     x = torch.arange(1.0, 9.0).expand(1, 3, 8)
-    y = apply_rotary(x, cos, sin)
+    y = apply_rotary(x, rope)
     assert torch.equal(y[:, 0], x[:, 0])  # position 0: identity
     assert torch.equal(y[..., 4:], x[..., 4:])  # the other heads are left alone
     f = torch.tensor([1.0, 0.01])  # 1 / 10000^(2i/4)
