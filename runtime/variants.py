@@ -91,7 +91,7 @@ _WHY: Final = {
     "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32 (the choice where the "
     "CPU has no int8 dot products)",
     "openvino-acoustic-int8": "int8 dot-product units: the flow-matching DiT step runs "
-    "statically quantized, 609 ms vs 1164 ms bf16 over 700 frames (a v2 SoVITS decoder has no "
+    "statically quantized, 507 ms vs 924 ms bf16 over 700 frames (a v2 SoVITS decoder has no "
     "int8 variant and runs bf16)",
     "openvino-acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 96 ms per "
     "audio second vs 148 ms in fp32",
