@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import openvino as ov
 import pytest
 import torch
 from click.testing import CliRunner
@@ -67,6 +68,9 @@ def test_v4_graph_parity_both_backends(tmp_path: Path) -> None:
     step = {(v.format, v.precision): v.path for v in specs["cfm_step"].variants}
     assert step[("openvino", "bf16")] == step[("openvino", "fp32")]
     assert step[("openvino", "int8")] == "openvino/cfm_step-int8.xml"
+    ir = ov.Core().read_model(str(tmp_path / step[("openvino", "fp32")]))
+    fused = [op for op in ir.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+    assert len(fused) == model.cfg.dit.depth  # the key mask exports without per-softmax guards
     vocoder_files = {(v.format, v.precision): v.path for v in specs["cfm_vocoder"].variants}
     assert vocoder_files[("openvino", "int8")] == vocoder_files[("openvino", "fp32")]
     assert list(specs) == list(GRAPHS)
