@@ -12,12 +12,16 @@ import contextlib
 import functools
 import logging
 import re
+import sqlite3
 import threading
+from pathlib import Path
 from typing import Any, Final, Protocol
 
+from gsv_runtime.config import default_cache_dir
 from gsv_runtime.errors import InputError
 from gsv_runtime.text.normalize import normalize_zh_clauses
 from gsv_runtime.text.symbols import PUNCTUATION, SYMBOLS_V1
+from gsv_runtime.text.zh_dict import DictionaryIndex, build_index, index_path
 from gsv_runtime.text.zh_sandhi import ToneSandhi
 
 _LOGGER = logging.getLogger(__name__)
@@ -195,7 +199,8 @@ def _merge_erhua(initials: list[str], finals: list[str], word: str, pos: str) ->
 
 
 class _Jieba:
-    """A private jieba tokenizer (the global one may carry a user's custom words)."""
+    """A private jieba tokenizer (the global one may carry a user's custom words), reading its
+    dictionary from the on-disk index of :mod:`~gsv_runtime.text.zh_dict` where it can."""
 
     _lock = threading.Lock()
     _instance: _Jieba | None = None
@@ -206,8 +211,16 @@ class _Jieba:
 
         jieba.setLogLevel(logging.ERROR)
         self.tokenizer = jieba.Tokenizer()
-        self.tokenizer.initialize()
-        self.pos = jieba.posseg.POSTokenizer(self.tokenizer)
+        index = _dictionary_index(self.tokenizer)
+        if index is None:
+            self.tokenizer.initialize()
+            self.pos = jieba.posseg.POSTokenizer(self.tokenizer)
+            return
+        self.tokenizer.FREQ, self.tokenizer.total = index.freq, index.total
+        self.tokenizer.initialized = True
+        # what POSTokenizer.__init__ sets, without reading the dictionary text again
+        self.pos = jieba.posseg.POSTokenizer.__new__(jieba.posseg.POSTokenizer)
+        self.pos.tokenizer, self.pos.word_tag_tab = self.tokenizer, index.tags
 
     @classmethod
     def get(cls) -> _Jieba:
@@ -215,6 +228,28 @@ class _Jieba:
             if cls._instance is None:
                 cls._instance = cls()
             return cls._instance
+
+
+def _dictionary_index(tokenizer: Any) -> DictionaryIndex | None:
+    """The index of ``tokenizer``'s (default) dictionary in the compiled cache folder, built on
+    first use; None without a cache folder or when it cannot be written or read."""
+    import jieba
+    import jieba.posseg
+
+    cache = default_cache_dir()
+    if cache is None:
+        return None
+    path = index_path(Path(cache), Path(jieba.__file__).with_name("dict.txt"), jieba.__version__)
+    try:
+        if not path.exists():
+            freq, total = tokenizer.gen_pfdict(tokenizer.get_dict_file())
+            tagger = jieba.posseg.POSTokenizer.__new__(jieba.posseg.POSTokenizer)
+            tagger.load_word_tag(tokenizer.get_dict_file())
+            build_index(path, freq, total, tagger.word_tag_tab)
+        return DictionaryIndex.open(path)
+    except (OSError, sqlite3.Error):
+        _LOGGER.debug("no jieba dictionary index at %s", path, exc_info=True)
+        return None
 
 
 @functools.lru_cache(maxsize=1)
