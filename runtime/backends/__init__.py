@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -53,13 +53,18 @@ def cache_folder(root: Path, graph: Path, salt: str = "") -> Path:
         weights = [graph.with_suffix(".bin")]
     else:
         weights = sorted(graph.parent.glob("*.data"))
+    return root / f"{graph.stem}-{identity_key((graph, *weights), salt)}"
+
+
+def identity_key(files: Sequence[Path], salt: str = "") -> str:
+    """A short hash of ``salt`` and each existing file's (resolved path, size, mtime): what a
+    cached artefact derived from those files is filed under, so an edit gets a new entry."""
     parts = [salt]
-    for f in (graph, *weights):
+    for f in files:
         if f.exists():
             st = f.stat()
             parts.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
-    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-    return root / f"{graph.stem}-{key}"
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
 def available_backends() -> list[BackendName]:

@@ -12,7 +12,6 @@ cache folder and opened read-only afterwards; without a cache folder jieba loads
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import sqlite3
 import tempfile
@@ -21,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gsv_runtime.backends import identity_key
 
 MEMO_SIZE = 1 << 16
 """Lookups answered from memory per column (an entry is a short string and a small tuple)."""
@@ -82,9 +83,7 @@ class DictionaryIndex:
 def index_path(cache_dir: Path, dict_file: Path, version: str) -> Path:
     """The index of ``dict_file`` under ``cache_dir``, keyed by the file's identity and jieba's
     version (a changed dictionary gets a new index)."""
-    st = dict_file.stat()
-    key = f"{dict_file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version}"
-    return cache_dir / f"jieba-{hashlib.sha256(key.encode()).hexdigest()[:20]}.sqlite"
+    return cache_dir / f"jieba-{identity_key((dict_file,), version)}.sqlite"
 
 
 def build_index(path: Path, freq: Mapping[str, int], total: int, tags: Mapping[str, str]) -> None:
