@@ -15,6 +15,7 @@ from gsv_models.bigvgan import (
     CONFIG_FILE,
     FULL_CONFIG,
     WEIGHTS_FILE,
+    AntiAliasedSnakeBeta,
     BigVGAN,
     BigVGANConfig,
     DownSample2,
@@ -109,22 +110,27 @@ def test_resamplers_keep_lengths_and_low_frequencies() -> None:
     assert (down(up(sine)) - sine)[..., 20:-20].abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("frames", [1, 5, 31, 32, 33, 100])
-def test_banded_export_forms_equal_the_resampling_convolutions(frames: int) -> None:
-    up, low = UpSample2(4), DownSample2(4).lowpass
+@pytest.mark.parametrize("frames", [1, 2, 3, 5, 31, 100])
+def test_polyphase_export_form_equals_the_anti_aliased_activation(frames: int) -> None:
+    """Even and odd phases at the input rate, edges included, are upstream's ×2 up-sampling,
+    SnakeBeta and stride-2 low-pass to f32 rounding, for any length."""
+    act = AntiAliasedSnakeBeta(4, logscale=True)
     gen = torch.Generator().manual_seed(frames)
-    x = torch.randn(2, 4, frames, generator=gen)
-    assert (up.forward_banded(x) - up(x)).abs().max() < 1e-6
-    for n in (2 * frames, 2 * frames + 1):  # the activation feeds even lengths; odd works too
-        y = torch.randn(2, 4, n, generator=gen)
-        ref = low(y)
-        assert low.forward_banded(y).shape == ref.shape
-        assert (low.forward_banded(y) - ref).abs().max() < 1e-6
+    with torch.no_grad():
+        act.act.alpha.copy_(0.5 * torch.randn(4, generator=gen))
+        act.act.beta.copy_(0.5 * torch.randn(4, generator=gen))
+        x = 2 * torch.randn(2, 4, frames, generator=gen)
+        ref = act.downsample(act.act(act.upsample(x)))
+        got = act.forward_polyphase(x)
+    assert got.shape == ref.shape == (2, 4, frames)
+    assert (got - ref).abs().max() < 2e-6
 
 
-def test_exported_vocoder_uses_the_banded_form_at_any_length(tmp_path: Path) -> None:
-    """ONNX holds MatMuls instead of depthwise (transposed) convolutions, traced at one length
-    and run at others, within fp32 rounding (≥ 100 dB) of the eager model."""
+def test_exported_vocoder_uses_the_polyphase_form_at_any_length(tmp_path: Path) -> None:
+    """ONNX holds two 6-tap depthwise low-pass convolutions per anti-aliased activation, 7-tap
+    depthwise up-sampling ones (activations reading the same input share them) and no grouped
+    transposed ones, traced at one length and run at others, within fp32 rounding (≥ 100 dB)
+    of the eager model."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model = random_bigvgan(tiny_bigvgan_config(), 0)
@@ -141,12 +147,14 @@ def test_exported_vocoder_uses_the_banded_form_at_any_length(tmp_path: Path) -> 
         )
     graph = onnx.load(str(path)).graph
     grouped = [
-        n.name
+        (n.op_type, tuple(next(a.ints for a in n.attribute if a.name == "kernel_shape")))
         for n in graph.node
         if n.op_type in ("Conv", "ConvTranspose")
         and any(a.name == "group" and a.i > 1 for a in n.attribute)
     ]
-    assert not grouped
+    activations = sum(isinstance(m, AntiAliasedSnakeBeta) for m in model.modules())
+    assert grouped.count(("Conv", (6,))) == 2 * activations
+    assert set(grouped) == {("Conv", (6,)), ("Conv", (7,))}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for frames in (7, 45):
         mel = probe_mel(100, frames, torch.Generator().manual_seed(frames))
