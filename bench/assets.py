@@ -140,6 +140,20 @@ def _timed(progress: Progress, label: str, log: Path) -> contextlib.AbstractCont
     return run()
 
 
+SUPPORT_PRECISIONS: Final = ("fp32", "int8")
+"""Precisions of the random support bundles: fp32 and the int8 that ``auto`` runs on CPUs with
+int8 dot products (onnxruntime) or BF16 units (OpenVINO)."""
+
+
+def _support_ready(path: Path) -> bool:
+    """A support bundle is there and holds every precision of :data:`SUPPORT_PRECISIONS` that
+    its HuBERT has (an older cache exported only fp32)."""
+    if not (path / MANIFEST_NAME).is_file():
+        return False
+    held = {v.precision for v in Bundle.load(path).manifest.graphs["hubert"].variants}
+    return held >= set(SUPPORT_PRECISIONS)
+
+
 def _random_support(cache: Path, with_bert: bool, progress: Progress) -> Path:
     """Full-size random HuBERT + SV (+ BERT) stand-ins exported to a support bundle."""
     from gsv_export.support import export_support_graphs
@@ -148,12 +162,12 @@ def _random_support(cache: Path, with_bert: bool, progress: Progress) -> Path:
     from gsv_models.testing.support_dirs import make_bert_dir, make_hubert_dir
 
     full, lean = cache / "support-hubert-bert-sv", cache / "support-hubert-sv"
-    if (full / MANIFEST_NAME).is_file():
+    if _support_ready(full):
         return full
     out = full if with_bert else lean
-    if (out / MANIFEST_NAME).is_file():
+    if _support_ready(out):
         return out
-    what = "HuBERT, SV" + (" and BERT (≈1–2.5 min, 3 GB)" if with_bert else " (≈30 s, 1 GB)")
+    what = "HuBERT, SV" + (" and BERT (≈1.5–3 min, 4 GB)" if with_bert else " (≈30 s, 1 GB)")
     with _timed(progress, f"exporting random full-size {what}", cache / "export.log"):
         src = cache / "src"
         hubert = src / "hubert"
@@ -168,7 +182,9 @@ def _random_support(cache: Path, with_bert: bool, progress: Progress) -> Path:
             if not (bert / "config.json").is_file():
                 make_bert_dir(bert, size="full")
         with staging_dir(out) as work:
-            graphs, info = export_support_graphs(hubert, bert, sv, work, ("onnx", "openvino"))
+            graphs, info = export_support_graphs(
+                hubert, bert, sv, work, ("onnx", "openvino"), SUPPORT_PRECISIONS
+            )
             write_manifest(
                 work,
                 "support",

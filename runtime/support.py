@@ -120,7 +120,7 @@ class SupportModels:
             spec = self.bundle.graph(name)
             precision = self.precisions.get(name, "fp32")
             path = self.bundle.graph_path(name, self.backend, precision)
-            options = variant_options(self.backend, precision, self.options)
+            options = variant_options(self.backend, precision, self.options, "support")
             runner = make_runner(path, self.backend, options)
             check_graph_io(path.name, spec, runner.input_names, runner.output_names)
             self._runners[name] = runner

@@ -47,7 +47,8 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("gpt", "onnxruntime", amx) == ("int8", "fp32")
     assert auto_order("acoustic", "onnxruntime", amx) == ("fp32",)
     assert auto_order("support", "onnxruntime", amx) == ("int8", "fp32")
-    assert auto_order("support", "openvino", amx) == ("bf16", "fp32")
+    assert auto_order("support", "openvino", amx) == ("int8", "bf16", "fp32")
+    assert auto_order("support", "openvino", frozenset({"avx512_vnni"})) == ("fp32",)
     assert auto_order("gpt", "onnxruntime", frozenset({"avx2"})) == ("fp32",)
     graviton = frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16"})  # Arm Neoverse V1
     assert auto_order("gpt", "openvino", graviton) == ("int8", "bf16", "fp32")
@@ -57,11 +58,13 @@ def test_auto_order_follows_the_isa() -> None:
 
 
 def test_variant_hints() -> None:
-    """OpenVINO compiles bf16 variants, and the acoustic stage's int8 (a quantized DiT step
-    among bf16 operations), with the bf16 hint; the GPT's int8 weights decompress to f32."""
+    """OpenVINO compiles bf16 variants, the acoustic stage's int8 (a quantized DiT step among
+    bf16 operations) and the support graphs' int8 (int8 weights) with the bf16 hint; the GPT's
+    int8 weights decompress to f32."""
     options = RunnerOptions()
     assert variant_options("openvino", "bf16", options).precision_hint == "bf16"
     assert variant_options("openvino", "int8", options, "acoustic").precision_hint == "bf16"
+    assert variant_options("openvino", "int8", options, "support").precision_hint == "bf16"
     assert variant_options("openvino", "int8", options, "gpt") == options
     assert variant_options("onnxruntime", "int8", options, "acoustic") == options
     assert variant_options("openvino", "fp32", options, "acoustic") == options
