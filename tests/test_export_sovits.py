@@ -305,6 +305,36 @@ def test_openvino_reports_its_real_precision(exported, caplog: pytest.LogCapture
         assert "cannot compute in bf16" in caplog.text
 
 
+@pytest.mark.parametrize("version", ["v2", "v2ProPlus"])
+def test_openvino_decoder_runs_one_row_without_length_masks(exported, version: str) -> None:
+    """On the CPU plugin the decoder drops its length masks and decodes a batch row by row:
+    the same audio as the masked graph's one batched call, at any speed."""
+    import openvino as ov
+
+    from gsv_runtime.acoustic import compile_graphs
+    from gsv_runtime.backends.ov import drop_length_masks
+
+    model, bundle = exported(version)
+    ir = ov.Core().read_model(bundle.root / bundle.graph(DECODER).variant("openvino", "fp32").path)
+    multiplies = sum(n.get_type_name() == "Multiply" for n in ir.get_ordered_ops())
+    dropped = drop_length_masks(ir)
+    assert 0 < dropped < multiplies and drop_length_masks(ir) == 0
+    one_row = _stage(bundle, "openvino")
+    masked = SoVITSStage(*compile_graphs(bundle, (DECODER,), "openvino", None, "fp32"))
+    assert one_row.one_row_decoder and not masked.one_row_decoder
+    assert not _stage(bundle, "onnxruntime").one_row_decoder
+    rng = np.random.default_rng(4)
+    codes = [rng.integers(0, model.cfg.codebook_size, n) for n in (7, 23, 15)]
+    phones = [rng.integers(0, model.cfg.n_symbols, n) for n in (3, 11, 8)]
+    ge = np.full((model.cfg.gin_channels, 1), 0.1, np.float32)
+    for speed in (1.0, 0.8):
+        want = masked.decode(codes, phones, ge, speed=speed, rng=np.random.default_rng(2))
+        got = one_row.decode(codes, phones, ge, speed=speed, rng=np.random.default_rng(2))
+        for a, b in zip(want, got, strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
 def test_floors_catch_garbage() -> None:
     """Broken audio scores far above the lower-precision floor; tiny perturbations below it."""
     model, other = _model("v2"), _model("v2", seed=1)

@@ -9,7 +9,7 @@ so a segment decoded whole, in token-streaming windows, or in any batch sees the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -96,8 +96,10 @@ def compile_graphs(
     backend: BackendName,
     options: RunnerOptions | None,
     precision: str,
+    one_row: Collection[str] = (),
 ) -> tuple[dict[str, GraphSpec], dict[str, GraphRunner]]:
-    """Declarations and compiled runners of an acoustic stage's graphs at one precision.
+    """Declarations and compiled runners of an acoustic stage's graphs at one precision;
+    those named in ``one_row`` are fed one full-length row per call (see ``make_runner``).
 
     The compile hint per variant comes from :func:`~gsv_runtime.variants.variant_options`.
 
@@ -108,7 +110,9 @@ def compile_graphs(
     options = variant_options(backend, precision, options or RunnerOptions(), "acoustic")
     specs = {name: bundle.graph(name) for name in names}
     runners = {
-        name: make_runner(bundle.graph_path(name, backend, precision), backend, options)
+        name: make_runner(
+            bundle.graph_path(name, backend, precision), backend, options, name in one_row
+        )
         for name in names
     }
     return specs, runners

@@ -72,6 +72,21 @@ def pad_rows(rows: Sequence[np.ndarray], value: float = 0, dtype: str | None = N
     return out
 
 
+_TRIMMED_BY: Final = {"codes": "code_lengths", "phones": "phone_lengths", "noise": "frame_lengths"}
+"""Decoder inputs padded along their last axis, and the input holding each row's length."""
+
+
+def _row_feeds(feeds: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Row ``i`` of a padded decoder batch as a batch of one, its padding cut off."""
+    row = {}
+    for name, value in feeds.items():
+        value = value[i : i + 1]
+        if name in _TRIMMED_BY:
+            value = value[..., : int(feeds[_TRIMMED_BY[name]][i])]
+        row[name] = np.ascontiguousarray(value)
+    return row
+
+
 def _per_row(value: float | Sequence[float], n: int, name: str) -> list[float]:
     if isinstance(value, (int, float, np.number)):
         return [float(value)] * n
@@ -108,8 +123,15 @@ class SoVITSStage:
     codes and ``ge`` are cached only needs the decoder.
     """
 
-    def __init__(self, specs: Mapping[str, GraphSpec], runners: Mapping[str, GraphRunner]) -> None:
-        """Check each runner's input and output names against its declaration.
+    def __init__(
+        self,
+        specs: Mapping[str, GraphSpec],
+        runners: Mapping[str, GraphRunner],
+        one_row_decoder: bool = False,
+    ) -> None:
+        """Check each runner's input and output names against its declaration;
+        ``one_row_decoder``: the decoder runner takes one full-length row per call (compiled
+        without its length masks), so a batch is decoded row by row.
 
         Raises:
             BundleError: the decoder is missing, or a runner's I/O differs from its spec.
@@ -123,6 +145,7 @@ class SoVITSStage:
             check_graph_io(name, spec, runner.input_names, runner.output_names)
         self.specs = dict(specs)
         self.runners = dict(runners)
+        self.one_row_decoder = one_row_decoder
         dec = specs[DECODER]
         self.noise_channels = int(dec.inputs["noise"].shape[1])
         self.ge_channels = int(dec.inputs["ge"].shape[1])
@@ -140,6 +163,10 @@ class SoVITSStage:
     ) -> SoVITSStage:
         """Compile ``graphs`` (default: all three) of a voice bundle.
 
+        On OpenVINO's CPU plugin the decoder runs one row per call without its length masks
+        (10 s of audio in bf16 on 2 AMX cores: 389 vs 478 ms for the masked graph, the same
+        audio); elsewhere a batch goes through the masked graph in one call.
+
         Args:
             bundle: a loaded voice bundle with the ``sovits_*`` graphs.
             backend: ``onnxruntime`` or ``openvino``.
@@ -152,7 +179,9 @@ class SoVITSStage:
             BundleError: a graph or variant is missing, or its I/O differs from the manifest.
             BackendError: the backend cannot compile a graph.
         """
-        return cls(*compile_graphs(bundle, graphs, backend, options, precision))
+        one_row = backend == "openvino" and (options or RunnerOptions()).device.upper() == "CPU"
+        decoder = (DECODER,) if one_row else ()
+        return cls(*compile_graphs(bundle, graphs, backend, options, precision, decoder), one_row)
 
     def _runner(self, name: str) -> GraphRunner:
         try:
@@ -288,6 +317,11 @@ class SoVITSStage:
             "noise_scale": np.array(_per_row(noise_scale, b, "noise_scale"), dtype=np.float32),
             "frame_lengths": frames,
         }
+        if self.one_row_decoder and b > 1:
+            return [w for i in range(b) for w in self._run_decoder(_row_feeds(feeds, i))]
+        return self._run_decoder(feeds)
+
+    def _run_decoder(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self._runner(DECODER).run(feeds)
         wav, lengths = out["wav"], out["wav_lengths"]
         return [np.array(wav[i, : int(n)], dtype=np.float32) for i, n in enumerate(lengths)]

@@ -80,9 +80,17 @@ def available_backends() -> list[BackendName]:
 
 
 def make_runner(
-    path: str | Path, backend: BackendName, options: RunnerOptions | None = None
+    path: str | Path,
+    backend: BackendName,
+    options: RunnerOptions | None = None,
+    one_row: bool = False,
 ) -> GraphRunner:
     """Compile a graph file (.onnx for onnxruntime, .xml or .onnx for OpenVINO).
+
+    ``one_row``: the caller feeds one row at a time, each as long as its tensors, so OpenVINO
+    may drop the graph's length masks (:func:`gsv_runtime.backends.ov.drop_length_masks`);
+    onnxruntime keeps them (6 % of the v2 SoVITS decoder there, and rewriting an ONNX graph
+    at load would need the onnx package).
 
     Raises:
         BackendError: the backend is not installed or cannot compile the graph on the device.
@@ -95,5 +103,5 @@ def make_runner(
     if backend == "openvino":
         from gsv_runtime.backends.ov import OvRunner
 
-        return OvRunner(Path(path), options)
+        return OvRunner(Path(path), options, one_row)
     raise BackendError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
