@@ -109,8 +109,6 @@ class OvRunner:
 
     def __init__(self, path: Path, options: RunnerOptions, one_row: bool = False) -> None:
         self.compiled = compile_model(path, options, one_row=one_row)
-        self.one_row = one_row
-        """Compiled for one full-length row per call (see :func:`drop_length_masks`)."""
         self.inference_precision = str(
             self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         )
