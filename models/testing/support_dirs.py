@@ -13,9 +13,12 @@ tokenizer files in ``gsv_models/testing/fixtures`` (or any folder holding them):
 * ``preprocessor_config.json`` (HuBERT) and ``tokenizer.json`` (BERT), copied verbatim.
 
 "tiny" keeps everything the export and runtime depend on: the HuBERT conv front-end (kernels and
-strides, so 16 kHz in → 50 Hz out, hop 320), the positional conv (kernel 128, 16 groups), the
-BERT vocabulary (21,128, so the real tokenizer fits), 512 positions and more than two layers (so
-``hidden_states[-3]`` is a real intermediate layer).
+strides, so 16 kHz in → 50 Hz out, hop 320), the positional conv (kernel 128, grouped; 4
+groups of 16 channels instead of 16 of 48: OpenVINO's AMX bf16 kernel computes grouped
+convolutions of 4–12 channels per group wrongly, e.g. 64 channels in 16 groups, cosine 0.002 to
+f32, while 16 and 48 per group are right), the BERT vocabulary (21,128, so the real tokenizer
+fits), 512 positions and more than two layers (so ``hidden_states[-3]`` is a real intermediate
+layer).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ _TINY_HUBERT: Final[dict[str, Any]] = {
     "intermediate_size": 128,
     "num_hidden_layers": 2,
     "conv_dim": [32] * 7,
+    "num_conv_pos_embedding_groups": 4,
     "classifier_proj_size": 16,
 }
 _TINY_BERT: Final[dict[str, Any]] = {

@@ -43,7 +43,10 @@ def randomize_sv_(model: ERes2NetV2, generator: torch.Generator) -> None:
     affine parameters are drawn around (1, 0), and the running statistics are then set to the
     actual per-channel mean and variance that each BatchNorm sees on a batch of random
     fbank-like features (calibrated in forward order), so the whole network is normalised like a
-    trained one: the embedding is finite, far from zero and changes with the input.
+    trained one: the embedding is finite, far from zero and changes with the input. The
+    calibration pass runs in float64, so the statistics round to the same float32 values on any
+    CPU (in float32 they followed the CPU's convolution kernels: an AMX Xeon wrote another file
+    than the AVX-512 EPYC the recorded upstream outputs were made on).
 
     Args:
         model: The encoder to overwrite in place.
@@ -67,8 +70,10 @@ def randomize_sv_(model: ERes2NetV2, generator: torch.Generator) -> None:
 
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     handles = [bn.register_forward_pre_hook(calibrate) for bn in bns]
+    model.double()  # float32 → float64 → float32 is exact for the weights
     try:
-        model.embed(_fbank_like(generator, 2, 64, model.feat_dim))
+        model.embed(_fbank_like(generator, 2, 64, model.feat_dim).double())
     finally:
         for handle in handles:
             handle.remove()
+        model.float()
