@@ -22,7 +22,8 @@ first variant the bundle holds from an order set by this CPU's ISA, measured sid
   interleaved rounds); onnxruntime int8 8.1–9.8 vs 13.3–14.5 ms fp32. (On a VM reporting a
   480 MB L3, which holds the 305 MB fp32 GPT, OpenVINO bf16 was as fast as int8: 9.0–12.6 vs
   10.4–13.4 ms.) OpenVINO bf16 where the CPU has BF16 units but no int8 dot products;
-* SoVITS decoder: OpenVINO bf16 (96 vs 148 ms per audio second for the fp32 decoder);
+* SoVITS decoder: OpenVINO bf16 (96 vs 148 ms per audio second for the fp32 decoder; on an
+  AMX Xeon, one row at a time without length masks, 39 vs 154 ms);
 * support graphs (HuBERT, BERT, SV): OpenVINO int8 weights in bf16 compute where the bundle
   holds them (HuBERT 314 vs 338 ms for 8 s of audio, BERT's first run 0.21 vs 0.46 s; a quarter
   of the weight bytes to load and keep), else bf16 (2.0×, 2.3×, 1.8× fp32); onnxruntime int8
@@ -96,7 +97,7 @@ _WHY: Final = {
     "statically quantized, 507 ms vs 924 ms bf16 over 700 frames (a v2 SoVITS decoder has no "
     "int8 variant and runs bf16)",
     "openvino-acoustic-bf16": "BF16 units: the compute-bound SoVITS decoder takes 96 ms per "
-    "audio second vs 148 ms in fp32",
+    "audio second vs 148 ms in fp32 (with AMX, one row at a time: 39 vs 154 ms)",
     "openvino-support-int8": "BF16 units: int8 weights decompressed into bf16 compute (HuBERT "
     "314 vs 338 ms bf16 for 8 s of audio; BERT 39 vs 45 ms, its first run 0.21 vs 0.46 s) and a "
     "quarter of fp32's weight bytes to load (SV has no int8 and runs bf16)",
