@@ -72,21 +72,6 @@ def pad_rows(rows: Sequence[np.ndarray], value: float = 0, dtype: str | None = N
     return out
 
 
-_TRIMMED_BY: Final = {"codes": "code_lengths", "phones": "phone_lengths", "noise": "frame_lengths"}
-"""Decoder inputs padded along their last axis, and the input holding each row's length."""
-
-
-def _row_feeds(feeds: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    """Row ``i`` of a padded decoder batch as a batch of one, its padding cut off."""
-    row = {}
-    for name, value in feeds.items():
-        value = value[i : i + 1]
-        if name in _TRIMMED_BY:
-            value = value[..., : int(feeds[_TRIMMED_BY[name]][i])]
-        row[name] = np.ascontiguousarray(value)
-    return row
-
-
 def _per_row(value: float | Sequence[float], n: int, name: str) -> list[float]:
     if isinstance(value, (int, float, np.number)):
         return [float(value)] * n
@@ -307,19 +292,24 @@ class SoVITSStage:
         if not all(0 < s < 100 for s in speeds):
             raise InputError(f"speed must be in (0, 100), got {speeds}")
         frames = frame_lengths([c.size for c in codes], speeds)
-        feeds = {
-            "codes": pad_rows(codes),
-            "code_lengths": np.array([c.size for c in codes], dtype=np.int64),
-            "phones": pad_rows(phones),
-            "phone_lengths": np.array([p.size for p in phones], dtype=np.int64),
-            "ge": self._batch_ge(ge, b),
-            "noise": self._noise(frames, rng, noise),
-            "noise_scale": np.array(_per_row(noise_scale, b, "noise_scale"), dtype=np.float32),
-            "frame_lengths": frames,
-        }
-        if self.one_row_decoder and b > 1:
-            return [w for i in range(b) for w in self._run_decoder(_row_feeds(feeds, i))]
-        return self._run_decoder(feeds)
+        ge_rows = self._batch_ge(ge, b)
+        noise_rows = self._noise(frames, rng, noise)  # drawn for all rows, in row order
+        scales = np.array(_per_row(noise_scale, b, "noise_scale"), dtype=np.float32)
+        groups = [[i] for i in range(b)] if self.one_row_decoder else [list(range(b))]
+        out: list[np.ndarray] = []
+        for rows in groups:
+            feeds = {
+                "codes": pad_rows([codes[i] for i in rows]),
+                "code_lengths": np.array([codes[i].size for i in rows], dtype=np.int64),
+                "phones": pad_rows([phones[i] for i in rows]),
+                "phone_lengths": np.array([phones[i].size for i in rows], dtype=np.int64),
+                "ge": ge_rows[rows],
+                "noise": np.ascontiguousarray(noise_rows[rows, :, : int(frames[rows].max())]),
+                "noise_scale": scales[rows],
+                "frame_lengths": frames[rows],
+            }
+            out.extend(self._run_decoder(feeds))
+        return out
 
     def _run_decoder(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self._runner(DECODER).run(feeds)
