@@ -290,7 +290,7 @@ class UpSample2(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("filter", _resampling_filter())
-        self.channels = channels  # a Python int: a static kernel shape for ONNX export
+        self.channels = channels  # the depthwise taps are expanded to this many channels
         self.pad = ANTI_ALIAS_TAPS // ANTI_ALIAS_RATIO - 1
         self.crop = self.pad * ANTI_ALIAS_RATIO + (ANTI_ALIAS_TAPS - ANTI_ALIAS_RATIO) // 2
 
@@ -309,7 +309,7 @@ class LowPass(nn.Module):
     def __init__(self, channels: int, stride: int) -> None:
         super().__init__()
         self.register_buffer("filter", _resampling_filter())
-        self.channels = channels  # a Python int: a static kernel shape for ONNX export
+        self.channels = channels  # the depthwise taps are expanded to this many channels
         self.stride = stride
         # even taps: one sample more on the right keeps the output centred
         self.pads = (ANTI_ALIAS_TAPS // 2 - 1, ANTI_ALIAS_TAPS // 2)
