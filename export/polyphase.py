@@ -46,9 +46,13 @@ class PolyphaseConvTranspose1d(nn.Module):
         z = self.conv(x)
         batch, frames = z.shape[0], z.shape[-1]
         z = z.reshape(batch, self.out_channels, self.stride, frames).transpose(2, 3)
+        if self.bias is not None:
+            # before the interleave, so that the Transpose feeds an element-wise op: OpenVINO's
+            # CPU plugin, fusing dynamic element-wise chains (``GraphTweaks.fuse_elementwise``),
+            # fails to compile a Transpose followed by a Reshape alone
+            z = z + self.bias[None, :, None, None]
         y = z.reshape(batch, self.out_channels, frames * self.stride)
-        y = y[:, :, self.padding : frames * self.stride - self.trim_end]
-        return y if self.bias is None else y + self.bias[None, :, None]
+        return y[:, :, self.padding : frames * self.stride - self.trim_end]
 
 
 def _rewritable(module: nn.Module) -> bool:

@@ -311,7 +311,7 @@ def test_openvino_decoder_runs_one_row_without_length_masks(exported, version: s
     the same audio as the masked graph's one batched call, at any speed."""
     import openvino as ov
 
-    from gsv_runtime.acoustic import compile_graphs
+    from gsv_runtime.backends import make_runner
     from gsv_runtime.backends.ov import drop_length_masks
 
     model, bundle = exported(version)
@@ -320,7 +320,8 @@ def test_openvino_decoder_runs_one_row_without_length_masks(exported, version: s
     dropped = drop_length_masks(ir)
     assert 0 < dropped < multiplies and drop_length_masks(ir) == 0
     one_row = _stage(bundle, "openvino")
-    masked = SoVITSStage(*compile_graphs(bundle, (DECODER,), "openvino", None, "fp32"))
+    path = bundle.graph_path(DECODER, "openvino", "fp32")
+    masked = SoVITSStage({DECODER: bundle.graph(DECODER)}, {DECODER: make_runner(path, "openvino")})
     assert one_row.one_row_decoder and not masked.one_row_decoder
     assert not _stage(bundle, "onnxruntime").one_row_decoder
     rng = np.random.default_rng(4)

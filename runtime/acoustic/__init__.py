@@ -9,7 +9,7 @@ so a segment decoded whole, in token-streaming windows, or in any batch sees the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,7 +18,7 @@ import numpy as np
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions, make_runner
 from gsv_runtime.bundle import Bundle, GraphSpec
 from gsv_runtime.errors import BundleError
-from gsv_runtime.variants import variant_options
+from gsv_runtime.variants import graph_tweaks, variant_options
 
 if TYPE_CHECKING:
     from gsv_runtime.voice import Voice
@@ -96,12 +96,11 @@ def compile_graphs(
     backend: BackendName,
     options: RunnerOptions | None,
     precision: str,
-    one_row: Collection[str] = (),
 ) -> tuple[dict[str, GraphSpec], dict[str, GraphRunner]]:
-    """Declarations and compiled runners of an acoustic stage's graphs at one precision;
-    those named in ``one_row`` are fed one full-length row per call (see ``make_runner``).
+    """Declarations and compiled runners of an acoustic stage's graphs at one precision.
 
-    The compile hint per variant comes from :func:`~gsv_runtime.variants.variant_options`.
+    The compile hint per variant comes from :func:`~gsv_runtime.variants.variant_options`,
+    each graph's tweaks from :func:`~gsv_runtime.variants.graph_tweaks`.
 
     Raises:
         BundleError: a graph or variant is missing.
@@ -111,7 +110,10 @@ def compile_graphs(
     specs = {name: bundle.graph(name) for name in names}
     runners = {
         name: make_runner(
-            bundle.graph_path(name, backend, precision), backend, options, name in one_row
+            bundle.graph_path(name, backend, precision),
+            backend,
+            options,
+            graph_tweaks(name, backend, options),
         )
         for name in names
     }

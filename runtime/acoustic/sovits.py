@@ -22,6 +22,7 @@ from gsv_runtime.acoustic import VocodeJob, compile_graphs
 from gsv_runtime.backends import BackendName, GraphRunner, RunnerOptions
 from gsv_runtime.bundle import Bundle, GraphSpec, check_graph_io
 from gsv_runtime.errors import BundleError, InputError
+from gsv_runtime.variants import graph_tweaks
 
 PROMPT: Final = "sovits_prompt"
 REF: Final = "sovits_ref"
@@ -149,8 +150,8 @@ class SoVITSStage:
         """Compile ``graphs`` (default: all three) of a voice bundle.
 
         On OpenVINO's CPU plugin the decoder runs one row per call without its length masks
-        (10 s of audio in bf16 on 2 AMX cores: 389 vs 478 ms for the masked graph, the same
-        audio); elsewhere a batch goes through the masked graph in one call.
+        (:func:`~gsv_runtime.variants.graph_tweaks`); elsewhere a batch goes through the masked
+        graph in one call.
 
         Args:
             bundle: a loaded voice bundle with the ``sovits_*`` graphs.
@@ -164,9 +165,8 @@ class SoVITSStage:
             BundleError: a graph or variant is missing, or its I/O differs from the manifest.
             BackendError: the backend cannot compile a graph.
         """
-        one_row = backend == "openvino" and (options or RunnerOptions()).device.upper() == "CPU"
-        decoder = (DECODER,) if one_row else ()
-        return cls(*compile_graphs(bundle, graphs, backend, options, precision, decoder), one_row)
+        one_row = graph_tweaks(DECODER, backend, options or RunnerOptions()).one_row
+        return cls(*compile_graphs(bundle, graphs, backend, options, precision), one_row)
 
     def _runner(self, name: str) -> GraphRunner:
         try:

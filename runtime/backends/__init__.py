@@ -42,6 +42,23 @@ class RunnerOptions:
     onnxruntime's optimised graphs, each in a subfolder from :func:`cache_folder`."""
 
 
+@dataclass(frozen=True)
+class GraphTweaks:
+    """Per-graph compile choices beside :class:`RunnerOptions`: OpenVINO's CPU plugin applies
+    them, onnxruntime ignores them; :func:`gsv_runtime.variants.graph_tweaks` picks them."""
+
+    one_row: bool = False
+    """The caller feeds one row per call, as long as its tensors, so OpenVINO may drop the
+    graph's length masks (:func:`gsv_runtime.backends.ov.drop_length_masks`); onnxruntime keeps
+    them (6 % of the v2 SoVITS decoder there, and rewriting an ONNX graph at load would need
+    the onnx package)."""
+    fuse_elementwise: bool = False
+    """Fuse chains of element-wise ops over dynamic shapes into one Snippets kernel each
+    (``SNIPPETS_MODE=IGNORE_CALLBACK``; by default the plugin fuses them only for static
+    shapes, and each op is then its own pass over the tensor). Falls back to the default
+    compile where the plugin refuses the graph."""
+
+
 def cache_folder(root: Path, graph: Path, salt: str = "") -> Path:
     """Where ``graph``'s compiled form is cached under ``root``.
 
@@ -83,14 +100,9 @@ def make_runner(
     path: str | Path,
     backend: BackendName,
     options: RunnerOptions | None = None,
-    one_row: bool = False,
+    tweaks: GraphTweaks | None = None,
 ) -> GraphRunner:
     """Compile a graph file (.onnx for onnxruntime, .xml or .onnx for OpenVINO).
-
-    ``one_row``: the caller feeds one row at a time, each as long as its tensors, so OpenVINO
-    may drop the graph's length masks (:func:`gsv_runtime.backends.ov.drop_length_masks`);
-    onnxruntime keeps them (6 % of the v2 SoVITS decoder there, and rewriting an ONNX graph
-    at load would need the onnx package).
 
     Raises:
         BackendError: the backend is not installed or cannot compile the graph on the device.
@@ -103,5 +115,5 @@ def make_runner(
     if backend == "openvino":
         from gsv_runtime.backends.ov import OvRunner
 
-        return OvRunner(Path(path), options, one_row)
+        return OvRunner(Path(path), options, tweaks)
     raise BackendError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")

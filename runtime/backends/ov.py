@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from gsv_runtime.backends import RunnerOptions, cache_folder
+from gsv_runtime.backends import GraphTweaks, RunnerOptions, cache_folder
 from gsv_runtime.errors import BackendError, first_line
 
 _LOGGER = logging.getLogger(__name__)
@@ -17,6 +17,10 @@ _LOGGER = logging.getLogger(__name__)
 
 _MASK_PATH: Final = frozenset({"Unsqueeze", "Squeeze", "Reshape", "Convert", "Broadcast"})
 """Operations a length mask passes through between its ``Less`` and the ``Multiply``."""
+
+_FUSED_ELEMENTWISE: Final = {"SNIPPETS_MODE": "IGNORE_CALLBACK"}
+"""The CPU plugin's property that lets Snippets fuse element-wise chains over dynamic shapes
+(its default callback refuses every dynamic node)."""
 
 
 def _is_length_mask(value: Any) -> bool:
@@ -55,11 +59,10 @@ def compile_model(
     path: Path,
     options: RunnerOptions,
     extra: dict[str, object] | None = None,
-    one_row: bool = False,
+    tweaks: GraphTweaks | None = None,
 ) -> Any:
     """``core.compile_model`` with the LATENCY hint, the options' precision, threads and
-    cache, plus ``extra`` properties; ``one_row`` compiles the graph for one full-length row
-    per call, without its length masks (:func:`drop_length_masks`).
+    cache, plus ``extra`` properties and the graph's :class:`GraphTweaks`.
 
     Raises:
         BackendError: OpenVINO missing, the device absent, or the compile failed.
@@ -68,6 +71,7 @@ def compile_model(
         import openvino as ov
     except ImportError as exc:
         raise BackendError("OpenVINO is not installed (pip install openvino)") from exc
+    tweaks = tweaks or GraphTweaks()
     device = options.device.upper()
     config: dict[str, object] = {
         "PERFORMANCE_HINT": "LATENCY",
@@ -84,7 +88,7 @@ def compile_model(
         # unpinned vs 1.51-1.53 pinned at N=1, 2.56-3.09 vs 2.09-2.19 at N=4.
         config["ENABLE_CPU_PINNING"] = False
     if options.cache_dir is not None:
-        salt = "one-row" if one_row else ""
+        salt = "+".join(n for n, on in vars(tweaks).items() if on)  # a tweak compiles anew
         config["CACHE_DIR"] = str(cache_folder(options.cache_dir, path, salt))
     core = ov.Core()
     if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
@@ -92,11 +96,20 @@ def compile_model(
             f"OpenVINO device {device} is not available here "
             f"(available: {', '.join(core.available_devices)})"
         )
+    model: Any = str(path)
     try:
-        if not one_row:
-            return core.compile_model(str(path), device, config)
-        model = core.read_model(str(path))
-        drop_length_masks(model)
+        if tweaks.one_row:
+            model = core.read_model(str(path))
+            drop_length_masks(model)
+        if tweaks.fuse_elementwise and device.startswith("CPU"):
+            try:
+                return core.compile_model(model, device, {**config, **_FUSED_ELEMENTWISE})
+            except Exception as exc:  # e.g. a graph exported before the polyphase bias moved
+                _LOGGER.warning(
+                    "OpenVINO cannot fuse the element-wise ops of %s (%s); compiling it unfused",
+                    path.name,
+                    first_line(exc),
+                )
         return core.compile_model(model, device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with a long plugin log
         raise BackendError(
@@ -107,8 +120,10 @@ def compile_model(
 class OvRunner:
     """A compiled OpenVINO model with LATENCY hint and an explicit inference precision."""
 
-    def __init__(self, path: Path, options: RunnerOptions, one_row: bool = False) -> None:
-        self.compiled = compile_model(path, options, one_row=one_row)
+    def __init__(
+        self, path: Path, options: RunnerOptions, tweaks: GraphTweaks | None = None
+    ) -> None:
+        self.compiled = compile_model(path, options, tweaks=tweaks)
         self.inference_precision = str(
             self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         )
