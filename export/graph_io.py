@@ -151,9 +151,11 @@ def share_onnx_weights(root: Path, graphs: dict[str, GraphSpec]) -> dict[str, in
     from onnx.external_data_helper import uses_external_data
 
     by_precision: dict[str, list[Path]] = {}
+    seen: set[Path] = set()  # a file several variants name (a CFM int8 entry may be fp32's)
     for spec in graphs.values():
         for v in spec.variants:
-            if v.format == "onnx":
+            if v.format == "onnx" and root / v.path not in seen:
+                seen.add(root / v.path)
                 by_precision.setdefault(v.precision, []).append(root / v.path)
     sizes: dict[str, int] = {}
     for precision, paths in sorted(by_precision.items()):

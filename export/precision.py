@@ -16,8 +16,9 @@ from gsv_export.graph_io import ExportError, GraphDecl, save_onnx
 from gsv_runtime.errors import first_line
 
 
-def onnx_int8(src: Path, dst: Path, graph: str) -> Path:
-    """Dynamic int8 quantization of every MatMul with a constant weight, per output channel.
+def onnx_int8(src: Path, dst: Path, graph: str, keep_float: Sequence[str] = ()) -> Path:
+    """Dynamic int8 quantization of every MatMul with a constant weight, per output channel,
+    except the nodes named in ``keep_float``.
 
     Activation×activation MatMuls (attention) stay fp32.
 
@@ -40,6 +41,7 @@ def onnx_int8(src: Path, dst: Path, graph: str) -> Path:
                 # weights (tiny GPT top-1 agreement 0.84 on an AVX2-only CPU vs 0.97 like this)
                 reduce_range=True,
                 weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(keep_float),
                 use_external_data_format=True,
                 extra_options=extra,
             )

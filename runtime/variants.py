@@ -81,10 +81,17 @@ INT8_DOT_FLAGS: Final = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimd
 """int8 dot-product units: x86 VNNI / AMX-INT8, Arm dot product and int8 matrix multiply.
 The Arm rows follow the x86 measurements by analogy; they are not measured on Arm."""
 
+CPU_INT8_FLAGS: Final = frozenset({"avx2", "asimd"}) | INT8_DOT_FLAGS
+"""CPU SIMD with int8 kernels in onnxruntime's dynamic quantization (none reported: another
+device, where a dynamic int8 graph would fall back to the host)."""
+
 _WHY: Final = {
     "onnxruntime-gpt-int8": "int8 dot-product units: the memory-bound step reads a quarter of "
     "the weight bytes, as fused blockwise int8 (bench p50 5.5 ms over 500 tokens; fp32 "
     "13.3–14.3 ms at context 600 in an earlier run, VNNI)",
+    "onnxruntime-acoustic-int8": "a flow-matching DiT step with dynamic int8 projections: "
+    "1426–1666 vs 2093–2465 ms fp32 over 655 frames even without int8 dot products (AVX2); a "
+    "v2 SoVITS decoder has no int8 variant and runs fp32",
     "onnxruntime-acoustic": "onnxruntime: its CPU provider has no bf16 kernels and the SoVITS "
     "decoder has no int8 variant",
     "onnxruntime-support-int8": "int8 dot-product units: BERT 2.8×, HuBERT 1.5× fp32 (VNNI; "
@@ -120,7 +127,10 @@ def auto_explained(stage: str, backend: str, flags: frozenset[str]) -> tuple[tup
     }.get((backend, stage), [])
     chosen = [(p, _WHY[f"{backend}-{stage}-{p}"]) for p, available in ranked if available]
     if backend == "onnxruntime" and stage == "acoustic":
-        return (("fp32", _WHY["onnxruntime-acoustic"]),)
+        fp32 = ("fp32", _WHY["onnxruntime-acoustic"])
+        if flags & CPU_INT8_FLAGS:
+            return (("int8", _WHY["onnxruntime-acoustic-int8"]), fp32)
+        return (fp32,)
     return (*chosen, ("fp32", _WHY["fp32"]))
 
 

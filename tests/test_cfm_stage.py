@@ -136,11 +136,13 @@ def test_stage_matches_torch_pipeline(cfm_bundles, version, backend, speed) -> N
     assert 0.01 < float(np.sqrt(np.mean(wav**2))) < 1
 
 
-def test_int8_stage_tracks_torch(cfm_bundles) -> None:
-    """OpenVINO int8 (quantized DiT step, bf16 around it): the pipeline of
-    ``test_stage_matches_torch_pipeline`` stays close to torch, and really runs another graph."""
-    stage = load_acoustic(cfm_bundles(V4), "openvino", RunnerOptions(), "int8")
-    fp32 = load_acoustic(cfm_bundles(V4), "openvino", RunnerOptions(), "fp32")
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_int8_stage_tracks_torch(cfm_bundles, backend) -> None:
+    """int8 (OpenVINO: statically quantized DiT step, bf16 around it; onnxruntime: dynamic
+    int8 projections): the pipeline of ``test_stage_matches_torch_pipeline`` stays close to
+    torch, and really runs another graph."""
+    stage = load_acoustic(cfm_bundles(V4), backend, RunnerOptions(), "int8")
+    fp32 = load_acoustic(cfm_bundles(V4), backend, RunnerOptions(), "fp32")
     assert isinstance(stage, CfmStage) and isinstance(fp32, CfmStage)
     for s in (stage, fp32):
         s.params = replace(s.params, t_ref=24, t_chunk=64, steps=4)
@@ -150,7 +152,7 @@ def test_int8_stage_tracks_torch(cfm_bundles) -> None:
     model, vocoder = cfm_models(V4)
     expected = torch_pipeline(model, vocoder, job, stage.params, SamplerConfig(steps=4))
     assert wav.shape == expected.shape
-    assert snr_db(expected, wav) >= 30  # measured 40.7 dB (fp32: ≥ 60)
+    assert snr_db(expected, wav) >= 30  # OpenVINO 39.4–40.7 dB, onnxruntime 57.6 (fp32: ≥ 60)
     assert snr_db(fp32.synthesize(job)[0], wav) < SNR_MIN_DB
 
 

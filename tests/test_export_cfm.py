@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import openvino as ov
 import pytest
 import torch
@@ -54,25 +55,29 @@ def _snr_checks(checks: list[dict]) -> list[dict]:
 
 def test_v4_graph_parity_both_backends(tmp_path: Path) -> None:
     """Every CFM graph on onnxruntime and OpenVINO at ≥ 60 dB against torch (fp32), and the
-    fp16 variants, the OpenVINO bf16 one (the fp32 IR with a bf16 hint) and the OpenVINO int8
-    one (a quantized DiT step; the other graphs' bf16 compile) above their floors."""
+    fp16 variants, the OpenVINO bf16 one (the fp32 IR with a bf16 hint) and the int8 ones (a
+    quantized DiT step; the other graphs' fp32 file, on OpenVINO compiled in bf16) above
+    their floors."""
     model = random_v3(v3_config(V4, "tiny"), 0)
     vocoder = random_v4_vocoder(v4_vocoder_config("tiny"), 0)
-    precisions = ("fp32", "fp16", "bf16", "int8")  # int8: OpenVINO only
+    precisions = ("fp32", "fp16", "bf16", "int8")
     specs = export_cfm_graphs(model, vocoder, tmp_path, ("onnx", "openvino"), precisions)
     held = {(v.format, v.precision) for v in specs["cfm_step"].variants}
-    assert held == {(f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16")} | {
+    assert held == {(f, p) for f in ("onnx", "openvino") for p in ("fp32", "fp16", "int8")} | {
         ("openvino", "bf16"),
-        ("openvino", "int8"),
     }
     step = {(v.format, v.precision): v.path for v in specs["cfm_step"].variants}
     assert step[("openvino", "bf16")] == step[("openvino", "fp32")]
     assert step[("openvino", "int8")] == "openvino/cfm_step-int8.xml"
+    assert step[("onnx", "int8")] == "onnx/cfm_step-int8.onnx"
+    int8_ops = {n.op_type for n in onnx.load(str(tmp_path / step[("onnx", "int8")])).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= int8_ops
     ir = ov.Core().read_model(str(tmp_path / step[("openvino", "fp32")]))
     fused = [op for op in ir.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
     assert len(fused) == model.cfg.dit.depth  # the key mask exports without per-softmax guards
     vocoder_files = {(v.format, v.precision): v.path for v in specs["cfm_vocoder"].variants}
     assert vocoder_files[("openvino", "int8")] == vocoder_files[("openvino", "fp32")]
+    assert vocoder_files[("onnx", "int8")] == vocoder_files[("onnx", "fp32")]
     assert list(specs) == list(GRAPHS)
     report = verify_cfm(tmp_path, specs, model, vocoder)
     assert not report.failures, [c.line() for c in report.failures]
@@ -80,7 +85,8 @@ def test_v4_graph_parity_both_backends(tmp_path: Path) -> None:
     for graph in GRAPHS[2:]:
         for backend in ("onnxruntime", "openvino"):
             assert any(n.startswith(f"v4/{graph}/{backend}/fp32/") for n in names)
-    for variant in ("onnxruntime/fp16", "openvino/fp16", "openvino/bf16", "openvino/int8"):
+    variants = ("onnxruntime/fp16", "openvino/fp16", "openvino/bf16", "openvino/int8")
+    for variant in (*variants, "onnxruntime/int8"):
         assert any(f"/{variant}/" in n for n in names)
     snr = [c for c in report.checks if c.name.endswith("_snr_db") and "/fp32/" in c.name]
     assert min(c.value for c in snr) >= SNR_MIN_DB
