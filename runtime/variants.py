@@ -16,12 +16,13 @@ stage, e.g. ``gpt=int8,acoustic=bf16,support=bf16``. ``auto`` picks, per stage a
 first variant the bundle holds from an order set by this CPU's ISA, measured side by side on the
 2-core AVX-512-VNNI/BF16 EPYC of bench/results (full-size random weights, 2 threads):
 
-* GPT step: int8 weights with VNNI on both backends. The step at batch 1 streams every weight
-  once, so fewer bytes win where the weights do not fit in the last-level cache: on an EPYC
-  with a 32 MB L3, OpenVINO int8 9.8–12.7 ms vs bf16 13.5–16.2 ms at context 500–600 (five
-  interleaved rounds); onnxruntime int8 8.1–9.8 vs 13.3–14.5 ms fp32. (On a VM reporting a
-  480 MB L3, which holds the 305 MB fp32 GPT, OpenVINO bf16 was as fast as int8: 9.0–12.6 vs
-  10.4–13.4 ms.) OpenVINO bf16 where the CPU has BF16 units but no int8 dot products;
+* GPT step: int8 weights on both backends, with or without VNNI. The step at batch 1 streams
+  every weight once, so fewer bytes win where the weights do not fit in the last-level cache:
+  on an EPYC with a 32 MB L3, OpenVINO int8 9.8–12.7 ms vs bf16 13.5–16.2 ms at context
+  500–600 (five interleaved rounds); onnxruntime int8 8.1–9.8 vs 13.3–14.5 ms fp32. (On a VM
+  reporting a 480 MB L3, which holds the 305 MB fp32 GPT, OpenVINO bf16 was as fast as int8:
+  9.0–12.6 vs 10.4–13.4 ms.) On 2 AVX2 cores without VNNI (a Zen 3 EPYC, context 600, one
+  run): onnxruntime GQA int8 8.7 vs 15.5 ms fp32, OpenVINO int8 14.0 vs 20.6 ms fp32;
 * SoVITS decoder: OpenVINO bf16 (96 vs 148 ms per audio second for the fp32 decoder; on an
   AMX Xeon, one row at a time without length masks, 39 vs 154 ms);
 * CFM DiT step (v3/v4/v5): OpenVINO int8 (static, with VNNI); onnxruntime int8 (dynamic) on
@@ -84,13 +85,14 @@ INT8_DOT_FLAGS: Final = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimd
 The Arm rows follow the x86 measurements by analogy; they are not measured on Arm."""
 
 CPU_INT8_FLAGS: Final = frozenset({"avx2", "asimd"}) | INT8_DOT_FLAGS
-"""CPU SIMD with int8 kernels in onnxruntime's dynamic quantization (none reported: another
-device, where a dynamic int8 graph would fall back to the host)."""
+"""CPU SIMD that runs int8 graphs faster than fp32 where the work is memory-bound (the GPT
+step) or dynamically quantized (onnxruntime's DiT step), even without int8 dot products (none
+reported: another device, where an int8 graph would fall back to the host). Arm by analogy."""
 
 _WHY: Final = {
-    "onnxruntime-gpt-int8": "int8 dot-product units: the memory-bound step reads a quarter of "
-    "the weight bytes, as fused blockwise int8 (bench p50 5.5 ms over 500 tokens; fp32 "
-    "13.3–14.3 ms at context 600 in an earlier run, VNNI)",
+    "onnxruntime-gpt-int8": "the memory-bound step reads a quarter of the weight bytes, as "
+    "fused blockwise int8 (bench p50 5.5 ms over 500 tokens, fp32 13.3–14.3 ms at context 600 "
+    "with VNNI; 8.7 vs 15.5 ms fp32 at context 600 on AVX2 alone)",
     "onnxruntime-acoustic-int8": "a flow-matching DiT step with dynamic int8 projections: "
     "1426–1666 vs 2093–2465 ms fp32 over 655 frames even without int8 dot products (AVX2); a "
     "v2 SoVITS decoder has no int8 variant and runs fp32",
@@ -98,10 +100,10 @@ _WHY: Final = {
     "decoder has no int8 variant",
     "onnxruntime-support-int8": "int8 dot-product units: BERT 2.8×, HuBERT 1.5× fp32 (VNNI; "
     "SV has no int8 and runs fp32)",
-    "openvino-gpt-int8": "int8 dot-product units: a quarter of the fp32 weight bytes in the "
-    "memory-bound step (9.8–12.7 ms vs bf16 13.5–16.2 at context 500–600, 32 MB L3)",
-    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32 (the choice where the "
-    "CPU has no int8 dot products)",
+    "openvino-gpt-int8": "a quarter of the fp32 weight bytes in the memory-bound step "
+    "(9.8–12.7 ms vs bf16 13.5–16.2 at context 500–600 with VNNI, 32 MB L3; 14.0 vs 20.6 ms "
+    "fp32 at context 600 on AVX2 alone)",
+    "openvino-gpt-bf16": "BF16 units: half the weight traffic of fp32",
     "openvino-acoustic-int8": "int8 dot-product units: the flow-matching DiT step runs "
     "statically quantized, 507 ms vs 924 ms bf16 over 700 frames (a v2 SoVITS decoder has no "
     "int8 variant and runs bf16)",
@@ -120,20 +122,18 @@ def auto_explained(stage: str, backend: str, flags: frozenset[str]) -> tuple[tup
     """Precisions ``auto`` tries for a stage, best first, each with the reason it is there."""
     bf16 = bool(flags & BF16_FLAGS)
     vnni = bool(flags & INT8_DOT_FLAGS)
+    simd = bool(flags & CPU_INT8_FLAGS)
     ranked = {
-        ("onnxruntime", "gpt"): [("int8", vnni)],
+        ("onnxruntime", "gpt"): [("int8", simd)],
+        ("onnxruntime", "acoustic"): [("int8", simd)],
         ("onnxruntime", "support"): [("int8", vnni)],
-        ("openvino", "gpt"): [("int8", vnni), ("bf16", bf16)],
+        ("openvino", "gpt"): [("int8", simd), ("bf16", bf16)],
         ("openvino", "acoustic"): [("int8", vnni), ("bf16", bf16)],
         ("openvino", "support"): [("int8", bf16), ("bf16", bf16)],
     }.get((backend, stage), [])
     chosen = [(p, _WHY[f"{backend}-{stage}-{p}"]) for p, available in ranked if available]
-    if backend == "onnxruntime" and stage == "acoustic":
-        fp32 = ("fp32", _WHY["onnxruntime-acoustic"])
-        if flags & CPU_INT8_FLAGS:
-            return (("int8", _WHY["onnxruntime-acoustic-int8"]), fp32)
-        return (fp32,)
-    return (*chosen, ("fp32", _WHY["fp32"]))
+    fallback = "onnxruntime-acoustic" if (backend, stage) == ("onnxruntime", "acoustic") else "fp32"
+    return (*chosen, ("fp32", _WHY[fallback]))
 
 
 def auto_order(stage: str, backend: str, flags: frozenset[str]) -> tuple[str, ...]:
