@@ -50,6 +50,7 @@ def test_auto_order_follows_the_isa() -> None:
     assert auto_order("acoustic", "onnxruntime", frozenset({"avx2"})) == ("int8", "fp32")
     assert auto_order("acoustic", "onnxruntime", frozenset()) == ("fp32",)  # not a CPU
     assert auto_order("support", "onnxruntime", amx) == ("int8", "fp32")
+    assert auto_order("support", "onnxruntime", frozenset({"avx2"})) == ("int8", "fp32")
     assert auto_order("support", "openvino", amx) == ("int8", "bf16", "fp32")
     assert auto_order("support", "openvino", frozenset({"avx512_vnni"})) == ("fp32",)
     assert auto_order("gpt", "onnxruntime", frozenset({"avx2"})) == ("int8", "fp32")  # 8.7 vs 15.5
