@@ -47,7 +47,6 @@ speaker vector.
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 from collections.abc import Iterator, Sequence
@@ -93,8 +92,6 @@ from gsv_runtime.bundle import GraphFile, GraphSpec
 from gsv_runtime.errors import CheckpointError
 from gsv_runtime.variants import variant_options
 from gsv_runtime.voice import Voice
-
-_LOGGER = logging.getLogger(__name__)
 
 SNR_MIN_DB: Final = 60.0
 """fp32 outputs vs torch, per output and case."""
