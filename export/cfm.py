@@ -88,7 +88,7 @@ from gsv_runtime.acoustic.cfm import (
 from gsv_runtime.acoustic.sovits import PROMPT, REF, pad_rows
 from gsv_runtime.audio_features import linear_spectrogram
 from gsv_runtime.backends import GraphRunner, RunnerOptions, make_runner
-from gsv_runtime.bundle import GraphFile, GraphSpec
+from gsv_runtime.bundle import GraphFile, GraphFormat, GraphSpec
 from gsv_runtime.errors import CheckpointError
 from gsv_runtime.variants import variant_options
 from gsv_runtime.voice import Voice
@@ -513,38 +513,40 @@ def _add_onnx_int8(work_dir: Path, specs: dict[str, GraphSpec]) -> dict[str, Gra
     :data:`DIT_FLOAT_NODES`), the others' fp32 file. Full-size v3 step over 655 frames on 2
     AVX2 cores (no VNNI), interleaved: 1426–1666 vs 2093–2465 ms fp32, velocity 39.4 dB from
     fp32 on random feeds."""
-    out = {}
-    for name, spec in specs.items():
-        fp32 = spec.variant("onnx", "fp32")
-        assert fp32 is not None  # export_cfm_graphs wrote it
-        path = fp32.path
-        if name == STEP:
-            src = work_dir / fp32.path
-            dst = onnx_int8(src, src.with_name(f"{STEP}-int8.onnx"), STEP, DIT_FLOAT_NODES)
-            path = dst.relative_to(work_dir).as_posix()
-        out[name] = replace(spec, variants=(*spec.variants, GraphFile("onnx", "int8", path)))
-    return out
+    step = work_dir / _fp32_path(specs[STEP], "onnx")
+    onnx8 = onnx_int8(step, step.with_name(f"{STEP}-int8.onnx"), STEP, DIT_FLOAT_NODES)
+    return _with_int8(specs, "onnx", onnx8.relative_to(work_dir).as_posix())
 
 
 def _add_int8(
     model: SoVITSV3Model, vocoder: nn.Module, work_dir: Path, specs: dict[str, GraphSpec]
 ) -> dict[str, GraphSpec]:
     """The OpenVINO int8 variant of every graph: the quantized DiT step, the others' fp32 IR."""
-    fp32 = {name: _openvino_fp32(spec) for name, spec in specs.items()}
     calibration = step_calibration(model, vocoder, work_dir, specs)
-    step = work_dir / fp32[STEP]
+    step = work_dir / _fp32_path(specs[STEP], "openvino")
     xml8 = openvino_int8_static(
         step, step.with_name(f"{STEP}-int8.xml"), calibration, DIT_FLOAT_NODES
     )
-    out = {}
-    for name, spec in specs.items():
-        path = xml8.relative_to(work_dir).as_posix() if name == STEP else fp32[name]
-        out[name] = replace(spec, variants=(*spec.variants, GraphFile("openvino", "int8", path)))
-    return out
+    return _with_int8(specs, "openvino", xml8.relative_to(work_dir).as_posix())
 
 
-def _openvino_fp32(spec: GraphSpec) -> str:
-    variant = spec.variant("openvino", "fp32")
+def _with_int8(specs: dict[str, GraphSpec], fmt: GraphFormat, step: str) -> dict[str, GraphSpec]:
+    """Every graph with an int8 variant of format ``fmt``: ``step`` for the DiT step, the
+    graph's fp32 file of that format for the others."""
+    return {
+        name: replace(
+            spec,
+            variants=(
+                *spec.variants,
+                GraphFile(fmt, "int8", step if name == STEP else _fp32_path(spec, fmt)),
+            ),
+        )
+        for name, spec in specs.items()
+    }
+
+
+def _fp32_path(spec: GraphSpec, fmt: GraphFormat) -> str:
+    variant = spec.variant(fmt, "fp32")
     assert variant is not None  # export_cfm_graphs wrote it
     return variant.path
 
@@ -574,7 +576,7 @@ def step_calibration(
     params = replace(CfmParams.from_audio(audio, str(work_dir)), steps=CALIBRATION_STEPS)
     options = RunnerOptions()
     runners = {
-        name: make_runner(work_dir / _openvino_fp32(spec), "openvino", options)
+        name: make_runner(work_dir / _fp32_path(spec, "openvino"), "openvino", options)
         for name, spec in specs.items()
     }
     recorded: list[dict[str, np.ndarray]] = []
