@@ -236,8 +236,9 @@ def export_bundle(
             ``refuse`` to export over them (the default).
         vocoder: v3/v4 only: upstream's vocoder, the BigVGAN model folder (v3) or
             ``gsv-v4-pretrained/vocoder.pth`` (v4).
-        sovits_base: v3/v4 LoRA fine-tunes only: the full pretrained SoVITS they were trained
-            from (``s2Gv3.pth`` / ``s2Gv4.pth``); the LoRA factors are merged into it.
+        sovits_base: LoRA fine-tunes (v3/v4/v5) only: the full pretrained SoVITS they were
+            trained from (``s2Gv3.pth``, ``s2Gv4.pth``, ``s2Gv5dev.pth``, ``s2Gv5turbo.pth``);
+            the LoRA factors are merged into it.
         progress: called with one line per stage.
 
     Returns:

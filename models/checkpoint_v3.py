@@ -1,13 +1,14 @@
-"""Read and write v3/v4 SoVITS checkpoints: full files and LoRA fine-tunes merged into their base.
+"""Read and write v3/v4/v5 SoVITS checkpoints: full files, and LoRA fine-tunes merged into a base.
 
 On-disk format of upstream ``GPT_SoVITS/process_ckpt.py::savee``: a dict ``weight`` (fp16),
 ``config`` (the s2 hyperparameters, pickled as ``utils.HParams``), ``info`` and, for LoRA files,
 ``lora_rank``. Full files (``s2_train_v3.py``, the pretrained ``s2Gv3.pth``/``s2Gv4.pth``) keep
-torch's ``PK`` header; LoRA files replace it with ``03`` (v3) or ``04`` (v4); full v5 files
-(upstream's later ``my_save2``) with ``07`` (v5dev) or ``08`` (v5turbo). v3 and v4 weights have
-the same shapes, so the version comes from the header tag, else the md5 upstream knows for its
-pretrained files, else the config's ``model.version``, else a DiT without the step embedding
-means v5dev and anything else v3 (upstream's fallbacks).
+torch's ``PK`` header; LoRA files replace it with ``03`` (v3) or ``04`` (v4). v5 files carry
+``07`` (v5dev) or ``08`` (v5turbo) whether full (the pretrained files; fine-tunes at upstream
+ac846f5) or LoRA (fine-tunes from 3b95794 on); their peft-wrapped weights tell the two apart. v3
+and v4 weights have the same shapes, so the version comes from the header tag, else the md5
+upstream knows for its pretrained files, else the config's ``model.version``, else a DiT without
+the step embedding means v5dev and anything else v3 (upstream's fallbacks).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from gsv_models.sovits_v3 import (
 from gsv_models.version import (
     HEADER_VERSIONS,
     LORA_HEADERS,
+    LORA_TAGS,
     PRETRAINED_SOVITS_MD5,
     VERSION_HEADERS,
     ModelVersion,
@@ -55,10 +57,11 @@ MD5_PREFIX_BYTES: Final = 8192
 _DIT: Final = "cfm.estimator."
 _INV_FREQ: Final = _DIT + "rotary_embed.inv_freq"
 _STEP_EMBED: Final = _DIT + "d_embed.time_mlp.0.weight"
-_LORA_TAGS: Final[dict[ModelVersion, bytes]] = {ModelVersion.V3: b"03", ModelVersion.V4: b"04"}
 _BASE_FILES: Final[dict[ModelVersion, str]] = {
     ModelVersion.V3: "GPT_SoVITS/pretrained_models/s2Gv3.pth",
     ModelVersion.V4: "GPT_SoVITS/pretrained_models/gsv-v4-pretrained/s2Gv4.pth",
+    ModelVersion.V5DEV: "GPT_SoVITS/pretrained_models/gsv-v5-pretrained/s2Gv5dev.pth",
+    ModelVersion.V5TURBO: "GPT_SoVITS/pretrained_models/gsv-v5-pretrained/s2Gv5turbo.pth",
 }
 
 
@@ -122,7 +125,8 @@ def _merged_state(
     if base is None:
         raise CheckpointError(
             f"{path}: a {version.value} LoRA fine-tune (rank {rank}) holds only its changes; "
-            f"pass base= upstream's pretrained {_BASE_FILES[version]}"
+            f"pass the model it extends (base=, gsv export --sovits-base): upstream's pretrained "
+            f"{_BASE_FILES[version]}"
         )
     try:
         return merge_lora(_base_state(base, version), weights, rank), rank
@@ -192,7 +196,7 @@ def load_sovits_v3(
         raise CheckpointError(f"{path}: SoVITS checkpoint has no config with 'data' and 'model'")
     weights = _to_fp32(payload["weight"], path)
     lora = is_lora_state(weights)
-    if lora != (header in LORA_HEADERS):
+    if (header in LORA_HEADERS and not lora) or (lora and header not in LORA_TAGS.values()):
         what = "LoRA weights" if lora else "full weights"
         raise CheckpointError(f"{path}: header {header!r} does not match its {what}")
     version = _version(path, header, raw, weights)
@@ -245,9 +249,9 @@ def save_sovits_v3(
     """Write tensors under upstream keys as ``process_ckpt.savee`` does for v3/v4/v5.
 
     ``weights`` is a full upstream state dict, or with ``lora_rank`` what
-    :func:`gsv_models.lora.lora_file_state` selects; LoRA files get the ``03``/``04`` tag, full
-    v5 files ``07``/``08``.
-    """
+    :func:`gsv_models.lora.lora_file_state` selects; LoRA files get the ``03``/``04``/``07``/``08``
+    tag of their version (upstream 3b95794), full v5 files ``07``/``08`` too (ac846f5 and the
+    pretrained files)."""
     config: dict[str, Any] = cfg.sovits.to_upstream()
     if lora_rank is not None:
         config["train"]["lora_rank"] = lora_rank
@@ -260,5 +264,5 @@ def save_sovits_v3(
             payload["lora_rank"] = lora_rank
         torch.save(payload, buf)
     data = buf.getvalue()
-    tag = _LORA_TAGS[cfg.version] if lora_rank is not None else VERSION_HEADERS.get(cfg.version)
+    tag = LORA_TAGS[cfg.version] if lora_rank is not None else VERSION_HEADERS.get(cfg.version)
     Path(path).write_bytes(tag + data[2:] if tag else data)

@@ -1,12 +1,12 @@
-"""v3/v4 LoRA fine-tunes: which weights upstream saves, and their offline merge into the base.
+"""v3/v4/v5 LoRA fine-tunes: which weights upstream saves, and their offline merge into the base.
 
-Upstream (``GPT_SoVITS/s2_train_v3_lora.py``) wraps ``net_g.cfm`` with peft
-``LoraConfig(target_modules=["to_k", "to_q", "to_v", "to_out.0"], r=rank, lora_alpha=rank)``
-and saves every state-dict entry that is not a frozen parameter: the LoRA factors, the trainable
-modules outside the CFM, and all buffers (the codebook and the rotary frequencies). At inference
-(``TTS_infer_pack/TTS.py::init_vits_weights``) it loads the pretrained base, loads the LoRA file
-over it and calls ``merge_and_unload()``, which for each targeted Linear computes
-``W + (B @ A) · alpha / r``.
+Upstream (``GPT_SoVITS/s2_train_v3_lora.py``, for v5 too since 3b95794) wraps ``net_g.cfm``
+with peft ``LoraConfig(target_modules=["to_k", "to_q", "to_v", "to_out.0"], r=rank,
+lora_alpha=rank)`` and saves every state-dict entry that is not a frozen parameter: the LoRA
+factors, the trainable modules outside the CFM, and all buffers (the codebook and the rotary
+frequencies). At inference (``TTS_infer_pack/TTS.py::init_vits_weights``) it loads the
+pretrained base, loads the LoRA file over it and calls ``merge_and_unload()``, which for each
+targeted Linear computes ``W + (B @ A) · alpha / r``.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ HEADER_VERSIONS: Final[dict[bytes, ModelVersion]] = {
     b"04": ModelVersion.V4,  # v4 LoRA
     b"05": ModelVersion.V2PRO,
     b"06": ModelVersion.V2PROPLUS,
-    b"07": ModelVersion.V5DEV,  # full files (upstream ac846f5; a later commit tags v5 LoRA so)
+    b"07": ModelVersion.V5DEV,  # full files at upstream ac846f5, LoRA fine-tunes at 3b95794
     b"08": ModelVersion.V5TURBO,
 }
 VERSION_HEADERS: Final[dict[ModelVersion, bytes]] = {
@@ -64,7 +64,16 @@ VERSION_HEADERS: Final[dict[ModelVersion, bytes]] = {
 }
 """Tags upstream writes for full (non-LoRA) checkpoints; v1/v2 keep the plain b"PK"."""
 LORA_HEADERS: Final[frozenset[bytes]] = frozenset({b"03", b"04"})
-"""Tags of v3/v4 LoRA fine-tunes, whose weights merge into upstream's pretrained base."""
+"""Tags only LoRA fine-tunes carry (v3/v4), whose weights merge into upstream's pretrained base.
+v5's ``07``/``08`` tag both kinds: upstream's full files (the pretrained ones, and fine-tunes at
+ac846f5) and its LoRA fine-tunes (from 3b95794 on), told apart by their peft-wrapped weights."""
+LORA_TAGS: Final[dict[ModelVersion, bytes]] = {
+    ModelVersion.V3: b"03",
+    ModelVersion.V4: b"04",
+    ModelVersion.V5DEV: b"07",
+    ModelVersion.V5TURBO: b"08",
+}
+"""The tag upstream's ``savee`` writes on a LoRA fine-tune of each version."""
 PRETRAINED_SOVITS_MD5: Final[dict[str, ModelVersion]] = {
     "43797be674a37c1c83ee81081941ed0f": ModelVersion.V3,  # s2Gv3.pth
     "4f26b9476d0c5033e04162c486074374": ModelVersion.V4,  # gsv-v4-pretrained/s2Gv4.pth

@@ -174,7 +174,8 @@ _VOICE_PRECISION_OPTION = click.option(
 @click.option(
     "--sovits-base",
     type=click.Path(path_type=Path),
-    help="v3/v4 LoRA fine-tunes only: the pretrained s2Gv3.pth / s2Gv4.pth they extend.",
+    help="LoRA fine-tunes (v3/v4/v5) only: the pretrained s2Gv3.pth / s2Gv4.pth / "
+    "s2Gv5dev.pth / s2Gv5turbo.pth they extend.",
 )
 def export_cmd(
     gpt: Path,

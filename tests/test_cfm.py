@@ -27,11 +27,14 @@ from gsv_models.testing.cfm_init import (
     make_v4_vocoder,
     v3_config,
 )
-from gsv_models.version import PRETRAINED_SOVITS_MD5, ModelVersion
+from gsv_models.version import LORA_TAGS, PRETRAINED_SOVITS_MD5, ModelVersion
 from gsv_models.vocoder_v4 import load_v4_vocoder
 from gsv_runtime.errors import CheckpointError
 
 V3, V4 = ModelVersion.V3, ModelVersion.V4
+V5DEV, V5TURBO = ModelVersion.V5DEV, ModelVersion.V5TURBO
+LORA_RANKS = {V3: 4, V4: 8, V5DEV: 4, V5TURBO: 8}
+"""The rank of each version's random LoRA fine-tune in ``files``."""
 Q = "cfm.estimator.transformer_blocks.0.attn.to_q"
 
 
@@ -41,6 +44,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("cfm")
     v3lora, v3base = make_v3_lora_checkpoint(V3, out / "v3lora.pth", out / "v3base.pth", rank=4)
     v4lora, v4base = make_v3_lora_checkpoint(V4, out / "v4lora.pth", out / "v4base.pth", seed=1)
+    v5devlora, v5devbase = make_v3_lora_checkpoint(
+        V5DEV, out / "v5devlora.pth", out / "v5devbase.pth", seed=4, rank=4
+    )
+    v5turbolora, v5turbobase = make_v3_lora_checkpoint(
+        V5TURBO, out / "v5turbolora.pth", out / "v5turbobase.pth", seed=5
+    )
     return {
         "v3": make_v3_checkpoint(V3, out / "v3.pth", seed=2),
         "v4": make_v3_checkpoint(V4, out / "v4.pth", seed=3),
@@ -48,6 +57,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "v3base": v3base,
         "v4lora": v4lora,
         "v4base": v4base,
+        "v5devlora": v5devlora,
+        "v5devbase": v5devbase,
+        "v5turbolora": v5turbolora,
+        "v5turbobase": v5turbobase,
     }
 
 
@@ -229,12 +242,16 @@ def test_lora_merge_arithmetic() -> None:
         merge_lora(base, {**lora, PEFT_PREFIX + "estimator.proj_out.lora_A.default.weight": a}, 2)
 
 
-@pytest.mark.parametrize(("name", "version"), [("v3lora", V3), ("v4lora", V4)])
-def test_lora_checkpoint_merges_into_its_base(files: dict, name: str, version: ModelVersion):
-    base_file = files[name.replace("lora", "base")]
+@pytest.mark.parametrize("version", list(LORA_RANKS), ids=lambda v: v.value)
+def test_lora_checkpoint_merges_into_its_base(files: dict, version: ModelVersion):
+    """v3/v4 LoRA files (tags 03/04) and v5's (07/08, the tags of full v5 files too) merge."""
+    name, base_file = f"{version.value}lora", files[f"{version.value}base"]
+    tags = {files[name].read_bytes()[:2], base_file.read_bytes()[:2]}
+    assert tags == ({LORA_TAGS[version]} if version.is_v5 else {LORA_TAGS[version], b"PK"})
     ckpt = load_checkpoint(files[name], base=base_file)
     assert ckpt.version is version and ckpt.base == base_file and ckpt.base_sha256
-    assert ckpt.lora_rank == (4 if version is V3 else 8)
+    assert ckpt.lora_rank == LORA_RANKS[version]
+    assert ckpt.config.dit.step_embedding is not version.is_v5
     lora = read_payload(files[name])[0]["weight"]
     base = read_payload(base_file)[0]["weight"]
     peft = PEFT_PREFIX + Q[len("cfm.") :]
@@ -251,10 +268,18 @@ def test_lora_checkpoint_merges_into_its_base(files: dict, name: str, version: M
 
 
 def test_lora_loader_refusals(files: dict, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"pass base= upstream's pretrained .*s2Gv3\.pth"):
+    with pytest.raises(CheckpointError, match=r"pass the model it extends .*s2Gv3\.pth"):
         load_checkpoint(files["v3lora"])
     with pytest.raises(CheckpointError, match="base is a v3 model but the LoRA fine-tune is v4"):
         load_checkpoint(files["v4lora"], base=files["v3base"])
+    with pytest.raises(
+        CheckpointError, match=r"pass the model it extends .*gsv-v5-pretrained/s2Gv5turbo\.pth"
+    ):
+        load_checkpoint(files["v5turbolora"])
+    with pytest.raises(CheckpointError, match=r"base is a v5dev model but the LoRA .* is v5turbo"):
+        load_checkpoint(files["v5turbolora"], base=files["v5devbase"])
+    with pytest.raises(CheckpointError, match="base is a v4 model but the LoRA fine-tune is v5dev"):
+        load_checkpoint(files["v5devlora"], base=files["v4base"])
     with pytest.raises(CheckpointError, match="is itself a LoRA fine-tune"):
         load_checkpoint(files["v3lora"], base=files["v3lora"])
     with pytest.raises(CheckpointError, match="base= is for LoRA files"):
@@ -264,6 +289,14 @@ def test_lora_loader_refusals(files: dict, tmp_path: Path) -> None:
     plain.write_bytes(b"PK" + files["v3lora"].read_bytes()[2:])
     with pytest.raises(CheckpointError, match="does not match its LoRA weights"):
         load_checkpoint(plain, base=files["v3base"])
+    # v5 LoRA weights under v2Pro's tag, and full v3 weights under a LoRA-only tag
+    retagged = tmp_path / "retagged.pth"
+    retagged.write_bytes(b"05" + files["v5devlora"].read_bytes()[2:])
+    with pytest.raises(CheckpointError, match="does not match its LoRA weights"):
+        load_checkpoint(retagged, base=files["v5devbase"])
+    retagged.write_bytes(b"03" + files["v3"].read_bytes()[2:])
+    with pytest.raises(CheckpointError, match="does not match its full weights"):
+        load_checkpoint(retagged)
     # a LoRA made for another network (rank differs from the factors)
     payload = read_payload(files["v3lora"])[0]
     payload["lora_rank"] = 5

@@ -30,7 +30,7 @@ from gsv_runtime.bundle import Bundle
 from gsv_runtime.cli import main
 from gsv_runtime.errors import CheckpointError
 
-V3, V4 = ModelVersion.V3, ModelVersion.V4
+V3, V4, V5TURBO = ModelVersion.V3, ModelVersion.V4, ModelVersion.V5TURBO
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("cfm-src")
     lora, base = make_v3_lora_checkpoint(V3, out / "v3lora.pth", out / "v3base.pth", rank=4)
+    v5lora, v5base = make_v3_lora_checkpoint(
+        V5TURBO, out / "v5lora.pth", out / "v5base.pth", rank=4, seed=6
+    )
     return {
         "gpt": make_checkpoint("v2", "gpt", out / "gpt.ckpt"),
         "v2": make_checkpoint("v2", "sovits", out / "v2.pth"),
         "v3lora": lora,
         "v3base": base,
+        "v5lora": v5lora,
+        "v5base": v5base,
         "v4": make_v3_checkpoint(V4, out / "v4.pth", seed=3),
         "bigvgan": make_bigvgan_dir(out / "bigvgan"),
         "v4vocoder": make_v4_vocoder(out / "vocoder.pth"),
@@ -124,10 +129,29 @@ def test_v3_lora_bundle_through_the_cli(files: dict[str, Path], tmp_path: Path) 
     assert raw["audio"]["family"] == "cfm"
 
 
+def test_v5_lora_bundle_through_the_cli(files: dict[str, Path], tmp_path: Path) -> None:
+    """A v5turbo LoRA fine-tune (tag 08, like the full v5turbo base) exports merged into its
+    base, with v4's vocoder at 48 kHz and v5turbo's sampler defaults."""
+    out = tmp_path / "v5lora.gsv"
+    args = ["export", "--gpt", str(files["gpt"]), "--sovits", str(files["v5lora"])]
+    args += ["--sovits-base", str(files["v5base"]), "--vocoder", str(files["v4vocoder"])]
+    args += ["-o", str(out), "--format", "onnx"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = Bundle.load(out, verify_hashes=True).manifest
+    assert manifest.model["version"] == "v5turbo"
+    assert manifest.audio["sample_rate"] == 48000 and manifest.audio["cfm"]["steps"] == 4
+    assert manifest.source["sovits_base"]["file"] == "v5base.pth"
+    checks = manifest.parity["checks"]
+    assert all(c["ok"] for c in checks)
+    cfm = [c for c in _snr_checks(checks) if c["name"].startswith("v5turbo/cfm_")]
+    assert len(cfm) >= 7 and min(c["value"] for c in cfm) >= SNR_MIN_DB
+
+
 @pytest.mark.parametrize(
     ("sovits", "vocoder", "base", "message"),
     [
-        ("v3lora", "bigvgan", None, "pass base= upstream's pretrained"),
+        ("v3lora", "bigvgan", None, "--sovits-base\\): upstream's pretrained"),
         ("v3base", None, None, "needs its vocoder: pass vocoder="),
         ("v3base", "v4vocoder", None, "a v3 voice needs the BigVGAN model folder"),
         ("v4", "bigvgan", None, "a v4 voice needs upstream's vocoder.pth"),

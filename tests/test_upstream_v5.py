@@ -21,7 +21,7 @@ from gsv_models.cfm import CFM, sampler_for
 from gsv_models.checkpoint import read_payload
 from gsv_models.load import load_model
 from gsv_models.sovits_v3 import SoVITSV3Config
-from gsv_models.testing.cfm_init import make_v3_checkpoint
+from gsv_models.testing.cfm_init import make_v3_checkpoint, make_v3_lora_checkpoint
 from gsv_models.version import ModelVersion
 from tests.test_upstream_cfm import snr_db
 from tests.upstream_oracle import import_upstream_v5, upstream_dit_args
@@ -43,15 +43,47 @@ def _upstream_dit(path: Path, cfg: SoVITSV3Config) -> nn.Module:
     return net.eval()
 
 
-@pytest.fixture(scope="module", params=[V5DEV, V5TURBO], ids=["v5dev", "v5turbo"])
+def _merged_lora(cfm: nn.Module, lora: Path) -> nn.Module:
+    """``cfm`` with the LoRA file merged in as ``TTS.init_vits_weights`` does for a LoRA file
+    (peft wraps the CFM, loads the file over the base weights, ``merge_and_unload``)."""
+    from peft import LoraConfig, get_peft_model
+
+    payload = read_payload(lora)[0]
+    rank = payload["lora_rank"]
+    config = LoraConfig(
+        target_modules=["to_k", "to_q", "to_v", "to_out.0"], r=rank, lora_alpha=rank
+    )
+    wrapped = get_peft_model(cfm, config)
+    own = {
+        k[len("cfm.") :]: v.float() for k, v in payload["weight"].items() if k.startswith("cfm.")
+    }
+    result = wrapped.load_state_dict(own, strict=False)
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if ".lora_" in k]
+    return wrapped.merge_and_unload()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(V5DEV, False), (V5TURBO, False), (V5TURBO, True)],
+    ids=["v5dev", "v5turbo", "v5turbo-lora"],
+)
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Our CFM and upstream's CFMV5 on one random v5 file; for a LoRA fine-tune (tag 08, as
+    upstream 3b95794 writes them) both merge it into its base."""
     torch.set_num_threads(2)
-    version = request.param
-    path = make_v3_checkpoint(version, tmp_path_factory.mktemp(version.value) / "s.pth", seed=5)
-    ckpt, ours = load_model(path)
+    version, lora = request.param
+    work = tmp_path_factory.mktemp(version.value)
+    if lora:
+        path, base = make_v3_lora_checkpoint(version, work / "l.pth", work / "b.pth", seed=5)
+    else:
+        path, base = make_v3_checkpoint(version, work / "s.pth", seed=5), None
+    ckpt, ours = load_model(path, base=base)
     assert ckpt.version is version and not ckpt.config.dit.step_embedding
+    assert (ckpt.lora_rank is not None) == lora
     v5 = import_upstream_v5("GPT_SoVITS/module/v5_inference.py", "upstream_v5_inference")
-    theirs = v5.CFMV5(ckpt.config.dit.mel_dim, _upstream_dit(path, ckpt.config))
+    theirs = v5.CFMV5(ckpt.config.dit.mel_dim, _upstream_dit(base or path, ckpt.config))
+    if lora:
+        theirs = _merged_lora(theirs, path)
     return SimpleNamespace(version=version, cfg=ckpt.config, ours=ours.cfm, theirs=theirs, v5=v5)
 
 

@@ -204,7 +204,7 @@ def make_v3_checkpoint(
     seed: int = 0,
     half: bool = True,
 ) -> Path:
-    """A random full v3/v4 SoVITS ``.pth`` as ``s2_train_v3.py`` writes it (``PK`` header)."""
+    """A random full v3/v4/v5 SoVITS ``.pth`` as upstream writes it (``PK``, v5 ``07``/``08``)."""
     version = ModelVersion.parse(version) if isinstance(version, str) else version
     cfg = v3_config(version, size)
     model = random_v3(cfg, seed)
@@ -224,7 +224,7 @@ def make_v3_lora_checkpoint(
     rank: int = 8,
     half: bool = True,
 ) -> tuple[Path, Path]:
-    """A random LoRA fine-tune (tag ``03``/``04``) and the full base it was trained from.
+    """A random LoRA fine-tune (tag ``03``/``04``/``07``/``08``) and the full base it extends.
 
     Returns:
         ``(lora path, base path)``; the base is made with :func:`make_v3_checkpoint` (``seed``).
