@@ -74,9 +74,9 @@ class Checkpoint:
     header: bytes
     sha256: str
     lora_rank: int | None = None
-    """v3/v4 LoRA fine-tunes: the rank of the factors merged into ``state_dict``."""
+    """LoRA fine-tunes (v3/v4/v5): the rank of the factors merged into ``state_dict``."""
     base: Path | None = None
-    """v3/v4 LoRA fine-tunes: the full model the factors were merged into."""
+    """LoRA fine-tunes (v3/v4/v5): the full model the factors were merged into."""
     base_sha256: str = ""
 
 
@@ -285,8 +285,9 @@ def load_checkpoint(
     Args:
         path: the checkpoint file.
         kind: the expected kind; a file of another kind is refused. None accepts any kind.
-        base: for a v3/v4 SoVITS LoRA fine-tune, upstream's pretrained full model it was
-            trained from (``s2Gv3.pth`` / ``s2Gv4.pth``); the factors are merged into it.
+        base: for a v3/v4/v5 SoVITS LoRA fine-tune, upstream's pretrained full model it was
+            trained from (``s2Gv3.pth``, ``s2Gv4.pth``, ``s2Gv5dev.pth``, ``s2Gv5turbo.pth``);
+            the factors are merged into it.
 
     Raises:
         CheckpointError: unreadable, unsafe, wrong-kind or unknown-version file.
@@ -305,7 +306,7 @@ def load_checkpoint(
 
         ckpt = load_sovits_v3(path, payload, header, base)
     elif base is not None:
-        raise CheckpointError(f"{path}: base= applies to v3/v4 SoVITS LoRA fine-tunes only")
+        raise CheckpointError(f"{path}: base= applies to v3/v4/v5 SoVITS LoRA fine-tunes only")
     else:
         ckpt = _LOADERS[found](path, payload, header)
     ckpt.sha256 = sha256_file(path)

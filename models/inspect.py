@@ -94,13 +94,16 @@ def _header(ckpt: Checkpoint) -> str:
     return f"{ckpt.path}: {kind} {version} (header {tag}, sha256 {ckpt.sha256[:12]}…)"
 
 
-def describe(path: str | Path, forward: bool = True) -> Iterator[str]:
-    """Lines describing one checkpoint; with ``forward`` also a seeded smoke forward.
+def describe(
+    path: str | Path, forward: bool = True, base: str | Path | None = None
+) -> Iterator[str]:
+    """Lines describing one checkpoint (a LoRA fine-tune merged into ``base``); with ``forward``
+    also a seeded smoke forward.
 
     Raises:
         CheckpointError: as :func:`gsv_models.checkpoint.load_checkpoint`.
     """
-    ckpt, model = load_model(path)
+    ckpt, model = load_model(path, base=base)
     yield _header(ckpt)
     cfg = ckpt.config
     if isinstance(cfg, T2SConfig):

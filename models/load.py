@@ -66,7 +66,7 @@ def load_model(
 ) -> tuple[Checkpoint, nn.Module]:
     """Load a checkpoint file and build its network (see :func:`build_model`).
 
-    ``base`` is the full model a v3/v4 LoRA fine-tune merges into (see :func:`load_checkpoint`).
+    ``base`` is the full model a LoRA fine-tune merges into (see :func:`load_checkpoint`).
     """
     ckpt = load_checkpoint(path, kind, base)
     return ckpt, build_model(ckpt)

@@ -100,12 +100,17 @@ def _export_log(out: Path) -> Path:
     show_default=True,
     help="Also run a PyTorch forward pass of each model.",
 )
-def inspect_cmd(checkpoints: tuple[Path, ...], forward: bool) -> None:
+@click.option(
+    "--sovits-base",
+    type=click.Path(path_type=Path),
+    help="The pretrained SoVITS that the LoRA fine-tunes given extend (as for gsv export).",
+)
+def inspect_cmd(checkpoints: tuple[Path, ...], forward: bool, sovits_base: Path | None) -> None:
     """Load upstream checkpoints, report kind, version and parameters, and run a forward."""
     from gsv_models.inspect import describe
 
     for path in checkpoints:
-        for line in describe(path, forward=forward):
+        for line in describe(path, forward=forward, base=sovits_base):
             click.echo(line)
 
 

@@ -399,3 +399,19 @@ def test_inspect_describes_a_cfm_checkpoint(files: dict) -> None:
     assert "SoVITS v4 (header PK" in lines[0]
     assert "CFM DiT 2 × 64, 4 heads" in lines[1]
     assert "mel frames (4 CFM steps)" in lines[2]
+
+
+def test_inspect_merges_a_lora_fine_tune_into_its_base(files: dict) -> None:
+    """``gsv inspect`` shows a LoRA fine-tune merged into ``--sovits-base``; without it, one
+    error line that names the option."""
+    from click.testing import CliRunner
+
+    from gsv_runtime.cli import main
+
+    lora, base = str(files["v5devlora"]), str(files["v5devbase"])
+    shown = CliRunner().invoke(main, ["inspect", lora, "--sovits-base", base, "--no-forward"])
+    assert shown.exit_code == 0, shown.output
+    assert "v5dev" in shown.output and "LoRA rank 4 merged" in shown.output
+    refused = CliRunner().invoke(main, ["inspect", lora, "--no-forward"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert "--sovits-base" in refused.output and "s2Gv5dev.pth" in refused.output
