@@ -47,9 +47,10 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Write the figure and close it (pyplot keeps every open figure alive until closed)."""
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    fig.clf()
+    _pyplot().close(fig)
     return path
 
 
