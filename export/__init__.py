@@ -234,8 +234,8 @@ def export_bundle(
             relative to ``out`` for the runtime to find.
         voices: an existing bundle's saved voices: ``keep`` (carried over), ``drop``, or
             ``refuse`` to export over them (the default).
-        vocoder: v3/v4 only: upstream's vocoder, the BigVGAN model folder (v3) or
-            ``gsv-v4-pretrained/vocoder.pth`` (v4).
+        vocoder: v3/v4/v5 only: upstream's vocoder, the BigVGAN model folder (v3) or
+            ``gsv-v4-pretrained/vocoder.pth`` (v4, v5).
         sovits_base: LoRA fine-tunes (v3/v4/v5) only: the full pretrained SoVITS they were
             trained from (``s2Gv3.pth``, ``s2Gv4.pth``, ``s2Gv5dev.pth``, ``s2Gv5turbo.pth``);
             the LoRA factors are merged into it.

@@ -251,7 +251,8 @@ def save_sovits_v3(
     ``weights`` is a full upstream state dict, or with ``lora_rank`` what
     :func:`gsv_models.lora.lora_file_state` selects; LoRA files get the ``03``/``04``/``07``/``08``
     tag of their version (upstream 3b95794), full v5 files ``07``/``08`` too (ac846f5 and the
-    pretrained files)."""
+    pretrained files).
+    """
     config: dict[str, Any] = cfg.sovits.to_upstream()
     if lora_rank is not None:
         config["train"]["lora_rank"] = lora_rank

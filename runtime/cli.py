@@ -103,11 +103,14 @@ def _export_log(out: Path) -> Path:
 @click.option(
     "--sovits-base",
     type=click.Path(path_type=Path),
-    help="The pretrained SoVITS that the LoRA fine-tunes given extend (as for gsv export).",
+    help="Inspect one SoVITS LoRA fine-tune merged into this pretrained model (as gsv export).",
 )
 def inspect_cmd(checkpoints: tuple[Path, ...], forward: bool, sovits_base: Path | None) -> None:
     """Load upstream checkpoints, report kind, version and parameters, and run a forward."""
     from gsv_models.inspect import describe
+
+    if sovits_base is not None and len(checkpoints) != 1:
+        raise InputError("--sovits-base goes with one checkpoint: the LoRA fine-tune it extends")
 
     for path in checkpoints:
         for line in describe(path, forward=forward, base=sovits_base):

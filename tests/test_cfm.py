@@ -415,3 +415,5 @@ def test_inspect_merges_a_lora_fine_tune_into_its_base(files: dict) -> None:
     refused = CliRunner().invoke(main, ["inspect", lora, "--no-forward"])
     assert refused.exit_code == 1 and refused.output.count("\n") == 1
     assert "--sovits-base" in refused.output and "s2Gv5dev.pth" in refused.output
+    two = CliRunner().invoke(main, ["inspect", lora, base, "--sovits-base", base])
+    assert two.exit_code == 1 and "goes with one checkpoint" in two.output
