@@ -33,7 +33,7 @@ from gsv_models.testing.bigvgan_init import (
     tiny_bigvgan_config,
 )
 from gsv_runtime.errors import CheckpointError
-from tests.upstream_oracle import import_upstream, upstream_root
+from tests.upstream_oracle import import_upstream, upstream_bigvgan, upstream_root
 
 HOP = 256
 MIN_SNR_DB = 60.0
@@ -368,19 +368,10 @@ def test_loader_refuses_a_zip_bomb(tmp_path: Path, tiny_dir: Path) -> None:
 # --- upstream parity -----------------------------------------------------------------------------
 
 
-def _upstream_bigvgan(model_dir: Path, remove_weight_norm: bool = True) -> torch.nn.Module:
-    """Upstream's own loading path (``inference_webui.init_bigvgan``) on a local folder."""
-    bigvgan = import_upstream("BigVGAN.bigvgan")
-    net = bigvgan.BigVGAN.from_pretrained(str(model_dir))
-    if remove_weight_norm:
-        net.remove_weight_norm()
-    return net.eval()
-
-
 @pytest.mark.upstream
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_upstream_keys_and_filters_match(tiny_dir: Path) -> None:
-    net = _upstream_bigvgan(tiny_dir, remove_weight_norm=False)
+    net = upstream_bigvgan(tiny_dir, remove_weight_norm=False)
     written = torch.load(tiny_dir / WEIGHTS_FILE, weights_only=True)["generator"]
     theirs = net.state_dict()
     assert list(written) == list(theirs)
@@ -403,7 +394,7 @@ def test_upstream_parity(
     upstream_root()  # skip before making files
     model_dir = tiny_dir if weight_norm else make_bigvgan_dir(tmp_path, "tiny", 0, False)
     ours = load_bigvgan(model_dir)
-    theirs = _upstream_bigvgan(model_dir, remove_weight_norm=remove)
+    theirs = upstream_bigvgan(model_dir, remove_weight_norm=remove)
     mel = _mel(48, seed=7, batch=2)
     with torch.no_grad():
         expected, got = theirs(mel), ours(mel)

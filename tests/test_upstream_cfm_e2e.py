@@ -38,7 +38,7 @@ from gsv_runtime.audio_features import linear_spectrogram, log_mel_spectrogram
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.voice import Voice
 from tests.test_upstream_cfm import _upstream_net
-from tests.upstream_oracle import import_upstream, upstream_root
+from tests.upstream_oracle import import_upstream, upstream_bigvgan, upstream_root
 
 pytestmark = pytest.mark.upstream
 
@@ -81,21 +81,7 @@ def _upstream_synthesis() -> Any:
 
 def _upstream_vocoder(version: ModelVersion, path: Path) -> torch.nn.Module:
     if version is V3:
-        bigvgan = import_upstream("BigVGAN.bigvgan").BigVGAN
-        # its loader proper: newer huggingface_hub's from_pretrained no longer passes the two
-        # download arguments upstream's signature requires (a local folder downloads nothing)
-        net = bigvgan._from_pretrained(
-            model_id=str(path),
-            revision=None,
-            cache_dir=None,
-            force_download=False,
-            proxies=None,
-            resume_download=False,
-            local_files_only=True,
-            token=None,
-        )
-        net.remove_weight_norm()
-        return net.eval()
+        return upstream_bigvgan(path)
     models = import_upstream("module.models")
     cfg = V4VocoderConfig(upsample_initial_channel=64)  # the tiny test vocoder's width
     net = models.Generator(

@@ -83,3 +83,25 @@ def upstream_dit_args(cfg: Any) -> dict[str, Any]:
         "text_dim": cfg.feature_dim,
         "conv_layers": d.conv_layers,
     }
+
+
+def upstream_bigvgan(model_dir: Path, remove_weight_norm: bool = True) -> Any:
+    """Upstream's BigVGAN loaded from a local model folder by its own loader.
+
+    ``BigVGAN._from_pretrained`` is called directly: huggingface_hub's newer ``from_pretrained``
+    no longer passes the two download arguments upstream's signature requires, and a local
+    folder downloads nothing."""
+    bigvgan = import_upstream("BigVGAN.bigvgan").BigVGAN
+    net = bigvgan._from_pretrained(
+        model_id=str(model_dir),
+        revision=None,
+        cache_dir=None,
+        force_download=False,
+        proxies=None,
+        resume_download=False,
+        local_files_only=True,
+        token=None,
+    )
+    if remove_weight_norm:
+        net.remove_weight_norm()
+    return net.eval()
