@@ -221,13 +221,12 @@ def test_cfm_sampling(pair: Pair, sampler: SamplerConfig) -> None:
     assert snr_db(ours, theirs) >= MIN_SNR_DB
 
 
-def test_v4_vocoder(tmp_path: Path) -> None:
-    upstream_root()
+def upstream_v4_vocoder(path: Path, channels: int) -> nn.Module:
+    """Upstream's v4 ``Generator`` (``TTS.init_vocoder``) with ``channels`` initial channels
+    (512 upstream; tiny test vocoders have fewer), weight norm removed, loaded from ``path``."""
     models = import_upstream("module.models")
-    path = make_v4_vocoder(tmp_path / "vocoder.pth", seed=2)
-    ours = load_v4_vocoder(path)
-    cfg = V4VocoderConfig(upsample_initial_channel=ours.conv_pre.out_channels)
-    theirs = models.Generator(
+    cfg = V4VocoderConfig(upsample_initial_channel=channels)
+    net = models.Generator(
         initial_channel=cfg.mel_dim,
         resblock="1",
         resblock_kernel_sizes=list(cfg.resblock_kernel_sizes),
@@ -238,11 +237,20 @@ def test_v4_vocoder(tmp_path: Path) -> None:
         gin_channels=0,
         is_bias=True,
     )
-    theirs.remove_weight_norm()
-    theirs.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+    net.remove_weight_norm()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+    return net.eval()
+
+
+def test_v4_vocoder(tmp_path: Path) -> None:
+    upstream_root()
+    path = make_v4_vocoder(tmp_path / "vocoder.pth", seed=2)
+    ours = load_v4_vocoder(path)
+    cfg = V4VocoderConfig(upsample_initial_channel=ours.conv_pre.out_channels)
+    theirs = upstream_v4_vocoder(path, cfg.upsample_initial_channel)
     mel = torch.randn(1, cfg.mel_dim, 23, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = theirs.eval()(mel)
+        ref = theirs(mel)
         got = ours(mel)
     assert got.shape == (1, 1, 23 * cfg.hop)
     assert snr_db(got, ref) >= MIN_SNR_DB

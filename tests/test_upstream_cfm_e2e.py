@@ -31,13 +31,13 @@ from gsv_models.load import load_model
 from gsv_models.testing.bigvgan_init import make_bigvgan_dir
 from gsv_models.testing.cfm_init import make_v3_checkpoint, make_v4_vocoder
 from gsv_models.version import ModelVersion
-from gsv_models.vocoder_v4 import V4VocoderConfig, load_v4_vocoder
+from gsv_models.vocoder_v4 import load_v4_vocoder
 from gsv_runtime.acoustic import NoiseSource, VocodeJob
 from gsv_runtime.acoustic.cfm import CfmStage
 from gsv_runtime.audio_features import linear_spectrogram, log_mel_spectrogram
 from gsv_runtime.bundle import Bundle
 from gsv_runtime.voice import Voice
-from tests.test_upstream_cfm import _upstream_net
+from tests.test_upstream_cfm import _upstream_net, upstream_v4_vocoder
 from tests.upstream_oracle import import_upstream, upstream_bigvgan, upstream_root
 
 pytestmark = pytest.mark.upstream
@@ -82,22 +82,7 @@ def _upstream_synthesis() -> Any:
 def _upstream_vocoder(version: ModelVersion, path: Path) -> torch.nn.Module:
     if version is V3:
         return upstream_bigvgan(path)
-    models = import_upstream("module.models")
-    cfg = V4VocoderConfig(upsample_initial_channel=64)  # the tiny test vocoder's width
-    net = models.Generator(
-        initial_channel=cfg.mel_dim,
-        resblock="1",
-        resblock_kernel_sizes=list(cfg.resblock_kernel_sizes),
-        resblock_dilation_sizes=[list(d) for d in cfg.resblock_dilation_sizes],
-        upsample_rates=list(cfg.upsample_rates),
-        upsample_initial_channel=cfg.upsample_initial_channel,
-        upsample_kernel_sizes=list(cfg.upsample_kernel_sizes),
-        gin_channels=0,
-        is_bias=True,
-    )
-    net.remove_weight_norm()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-    return net.eval()
+    return upstream_v4_vocoder(path, load_v4_vocoder(path).conv_pre.out_channels)
 
 
 class _RecordedNoise(NoiseSource):
