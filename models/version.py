@@ -63,10 +63,6 @@ VERSION_HEADERS: Final[dict[ModelVersion, bytes]] = {
     ModelVersion.V5TURBO: b"08",
 }
 """Tags upstream writes for full (non-LoRA) checkpoints; v1/v2 keep the plain b"PK"."""
-LORA_HEADERS: Final[frozenset[bytes]] = frozenset({b"03", b"04"})
-"""Tags only LoRA fine-tunes carry (v3/v4), whose weights merge into upstream's pretrained base.
-v5's ``07``/``08`` tag both kinds: upstream's full files (the pretrained ones, and fine-tunes at
-ac846f5) and its LoRA fine-tunes (from 3b95794 on), told apart by their peft-wrapped weights."""
 LORA_TAGS: Final[dict[ModelVersion, bytes]] = {
     ModelVersion.V3: b"03",
     ModelVersion.V4: b"04",
@@ -74,6 +70,12 @@ LORA_TAGS: Final[dict[ModelVersion, bytes]] = {
     ModelVersion.V5TURBO: b"08",
 }
 """The tag upstream's ``savee`` writes on a LoRA fine-tune of each version."""
+LORA_HEADERS: Final[frozenset[bytes]] = frozenset(LORA_TAGS.values()) - set(
+    VERSION_HEADERS.values()
+)
+"""Tags only LoRA fine-tunes carry (v3's ``03``, v4's ``04``). v5's ``07``/``08`` tag both kinds:
+upstream's full files (the pretrained ones, and fine-tunes at ac846f5) and its LoRA fine-tunes
+(from 3b95794 on), told apart by their peft-wrapped weights."""
 PRETRAINED_SOVITS_MD5: Final[dict[str, ModelVersion]] = {
     "43797be674a37c1c83ee81081941ed0f": ModelVersion.V3,  # s2Gv3.pth
     "4f26b9476d0c5033e04162c486074374": ModelVersion.V4,  # gsv-v4-pretrained/s2Gv4.pth

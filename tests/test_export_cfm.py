@@ -98,15 +98,20 @@ def test_v4_graph_parity_both_backends(tmp_path: Path) -> None:
     assert {c.name.split("/")[-2] for c in snr if "/cfm_step/" in c.name} == {"b2-t0", "b2-masked"}
 
 
-def test_v3_lora_bundle_through_the_cli(files: dict[str, Path], tmp_path: Path) -> None:
-    """``gsv export`` of a v3 LoRA fine-tune with its base and BigVGAN: a ``cfm`` bundle whose
-    graphs passed parity against the merged model."""
-    out = tmp_path / "v3lora.gsv"
-    args = ["export", "--gpt", str(files["gpt"]), "--sovits", str(files["v3lora"])]
-    args += ["--sovits-base", str(files["v3base"]), "--vocoder", str(files["bigvgan"])]
+def _export_lora(files: dict[str, Path], lora: str, base: str, vocoder: str, out: Path) -> Path:
+    """``gsv export`` (ONNX) of the LoRA file ``files[lora]`` over ``files[base]``; ``out``."""
+    args = ["export", "--gpt", str(files["gpt"]), "--sovits", str(files[lora])]
+    args += ["--sovits-base", str(files[base]), "--vocoder", str(files[vocoder])]
     args += ["-o", str(out), "--format", "onnx"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_v3_lora_bundle_through_the_cli(files: dict[str, Path], tmp_path: Path) -> None:
+    """``gsv export`` of a v3 LoRA fine-tune with its base and BigVGAN: a ``cfm`` bundle whose
+    graphs passed parity against the merged model."""
+    out = _export_lora(files, "v3lora", "v3base", "bigvgan", tmp_path / "v3lora.gsv")
     bundle = Bundle.load(out, verify_hashes=True)
     manifest = bundle.manifest
     assert manifest.model["version"] == "v3"
@@ -132,12 +137,7 @@ def test_v3_lora_bundle_through_the_cli(files: dict[str, Path], tmp_path: Path) 
 def test_v5_lora_bundle_through_the_cli(files: dict[str, Path], tmp_path: Path) -> None:
     """A v5turbo LoRA fine-tune (tag 08, like the full v5turbo base) exports merged into its
     base, with v4's vocoder at 48 kHz and v5turbo's sampler defaults."""
-    out = tmp_path / "v5lora.gsv"
-    args = ["export", "--gpt", str(files["gpt"]), "--sovits", str(files["v5lora"])]
-    args += ["--sovits-base", str(files["v5base"]), "--vocoder", str(files["v4vocoder"])]
-    args += ["-o", str(out), "--format", "onnx"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = _export_lora(files, "v5lora", "v5base", "v4vocoder", tmp_path / "v5lora.gsv")
     manifest = Bundle.load(out, verify_hashes=True).manifest
     assert manifest.model["version"] == "v5turbo"
     assert manifest.audio["sample_rate"] == 48000 and manifest.audio["cfm"]["steps"] == 4

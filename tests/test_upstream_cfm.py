@@ -28,7 +28,12 @@ from gsv_models.testing.cfm_init import (
 )
 from gsv_models.version import ModelVersion
 from gsv_models.vocoder_v4 import V4VocoderConfig, load_v4_vocoder
-from tests.upstream_oracle import import_upstream, upstream_dit_args, upstream_root
+from tests.upstream_oracle import (
+    import_upstream,
+    upstream_dit_args,
+    upstream_lora_config,
+    upstream_root,
+)
 
 pytestmark = pytest.mark.upstream
 
@@ -74,17 +79,10 @@ def _upstream_net(path: Path, base: Path | None, cfg: SoVITSV3Config) -> nn.Modu
     )
     _fit_hardcoded_widths(net, cfg)
     if is_lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         net.load_state_dict(process_ckpt.load_sovits_new(str(base))["weight"], strict=False)
-        rank = dict_s2["lora_rank"]
-        lora = LoraConfig(
-            target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-            r=rank,
-            lora_alpha=rank,
-            init_lora_weights=True,
-        )
-        net.cfm = get_peft_model(net.cfm, lora)
+        net.cfm = get_peft_model(net.cfm, upstream_lora_config(dict_s2["lora_rank"]))
         result = net.load_state_dict(dict_s2["weight"], strict=False)
         assert not result.unexpected_keys
         net.cfm = net.cfm.merge_and_unload()
@@ -287,15 +285,14 @@ def test_full_file_matches_upstream_state_dict(tmp_path: Path) -> None:
 def test_lora_file_keys_match_upstream_trainer(tmp_path: Path) -> None:
     """Our LoRA files hold exactly what s2_train_v3_lora.py saves (non-frozen entries)."""
     upstream_root()
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     path, _ = make_v3_lora_checkpoint("v4", tmp_path / "l.pth", tmp_path / "b.pth", rank=4)
     process_ckpt = import_upstream("process_ckpt")
     saved = process_ckpt.load_sovits_new(str(path))
     net = _meta_upstream_net(saved, v3_config(ModelVersion.V4, "tiny"))
     with torch.device("meta"):
-        lora = LoraConfig(target_modules=["to_k", "to_q", "to_v", "to_out.0"], r=4, lora_alpha=4)
-        net.cfm = get_peft_model(net.cfm, lora)
+        net.cfm = get_peft_model(net.cfm, upstream_lora_config(4))
     frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
     expected = [k for k in net.state_dict() if k not in frozen]
     assert list(saved["weight"]) == expected

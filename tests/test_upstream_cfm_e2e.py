@@ -79,12 +79,6 @@ def _upstream_synthesis() -> Any:
     return namespace["using_vocoder_synthesis"]
 
 
-def _upstream_vocoder(version: ModelVersion, path: Path) -> torch.nn.Module:
-    if version is V3:
-        return upstream_bigvgan(path)
-    return upstream_v4_vocoder(path, load_v4_vocoder(path).conv_pre.out_channels)
-
-
 class _RecordedNoise(NoiseSource):
     """The target frames of the start noise upstream drew, chunk after chunk."""
 
@@ -138,7 +132,11 @@ def test_stage_audio_matches_upstream_tts(
         configs=SimpleNamespace(device="cpu", version=version.value),
         precision=torch.float32,
         vits_model=net,
-        vocoder=_upstream_vocoder(version, vocoder_file),
+        vocoder=(
+            upstream_bigvgan(vocoder_file)
+            if version is V3
+            else upstream_v4_vocoder(vocoder_file, ours_vocoder.conv_pre.out_channels)
+        ),
         vocoder_configs={"T_ref": T_REF, "T_chunk": T_CHUNK},
     )
     drawn: list[torch.Tensor] = []

@@ -24,7 +24,7 @@ from gsv_models.sovits_v3 import SoVITSV3Config
 from gsv_models.testing.cfm_init import make_v3_checkpoint, make_v3_lora_checkpoint
 from gsv_models.version import ModelVersion
 from tests.test_upstream_cfm import snr_db
-from tests.upstream_oracle import import_upstream_v5, upstream_dit_args
+from tests.upstream_oracle import import_upstream_v5, upstream_dit_args, upstream_lora_config
 
 pytestmark = pytest.mark.upstream
 
@@ -46,14 +46,10 @@ def _upstream_dit(path: Path, cfg: SoVITSV3Config) -> nn.Module:
 def _merged_lora(cfm: nn.Module, lora: Path) -> nn.Module:
     """``cfm`` with the LoRA file merged in as ``TTS.init_vits_weights`` does for a LoRA file
     (peft wraps the CFM, loads the file over the base weights, ``merge_and_unload``)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     payload = read_payload(lora)[0]
-    rank = payload["lora_rank"]
-    config = LoraConfig(
-        target_modules=["to_k", "to_q", "to_v", "to_out.0"], r=rank, lora_alpha=rank
-    )
-    wrapped = get_peft_model(cfm, config)
+    wrapped = get_peft_model(cfm, upstream_lora_config(payload["lora_rank"]))
     own = {
         k[len("cfm.") :]: v.float() for k, v in payload["weight"].items() if k.startswith("cfm.")
     }

@@ -105,3 +105,16 @@ def upstream_bigvgan(model_dir: Path, remove_weight_norm: bool = True) -> Any:
     if remove_weight_norm:
         net.remove_weight_norm()
     return net.eval()
+
+
+def upstream_lora_config(rank: int) -> Any:
+    """peft's config as upstream builds it for a LoRA of ``rank`` (``s2_train_v3_lora.py``
+    trains with it, ``TTS.init_vits_weights`` wraps the CFM with it before merging)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+        r=rank,
+        lora_alpha=rank,
+        init_lora_weights=True,
+    )
